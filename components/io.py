@@ -110,11 +110,34 @@ def read_parquet(path: str | Path, columns: Sequence[str] | None = None):
     import pyarrow as pa
 
     path = Path(path)
+    _check_parquet(path, columns)
+    try:
+        return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable parquet file ({exc})", path=path) from None
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None):
+    """Like :func:`read_parquet` but return a ``pyarrow.Table``: no pandas conversion, for big tables."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    _check_parquet(path, columns)
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable parquet file ({exc})", path=path) from None
+
+
+def _check_parquet(path: Path, columns: Sequence[str] | None) -> None:
+    """DataError unless ``path`` is a readable parquet file holding every name in ``columns``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not path.exists():
         raise DataError("file not found", path=path)
     try:
-        import pyarrow.parquet as pq
-
         names = pq.read_schema(path).names
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"not a readable parquet file ({exc})", path=path) from None
@@ -123,10 +146,6 @@ def read_parquet(path: str | Path, columns: Sequence[str] | None = None):
         if missing:
             raise DataError(f"missing required column(s) {missing}; found {names}", path=path,
                             column=missing[0])
-    try:
-        return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"not a readable parquet file ({exc})", path=path) from None
 
 
 def cli_main(fn: Callable[[], Any]) -> None:
