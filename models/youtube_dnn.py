@@ -1,0 +1,126 @@
+"""YouTube DNN (Covington et al., RecSys 2016) as the single-interest baseline of MIND §3.6 and ComiRec §4.
+
+The user tower mean-pools the embeddings of the (unmasked) behaviours, concatenates the user-profile
+embedding and applies a ReLU MLP; it returns one interest (K = 1). Items share the behaviour embedding table;
+with ``use_category`` an item's embedding is the average of its id and category embeddings (MIND §3.2, so
+the baseline sees the same features as MIND).
+
+Choice: the MLP's last layer is linear (no ReLU) so the user vector can have negative coordinates like the
+item embeddings it is matched against by inner product.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class ItemTower(nn.Module):
+    """Item embeddings: the id embedding, averaged with the category embedding when ``use_category``
+    (MIND §3.2 average pooling). Row 0 (padding) is the zero vector."""
+
+    def __init__(self, num_items: int, num_categories: int, dim: int, use_category: bool):
+        super().__init__()
+        self.use_category = use_category
+        self.item = nn.Embedding(num_items, dim, padding_idx=0)
+        self.category = nn.Embedding(num_categories, dim, padding_idx=0) if use_category else None
+        # item -> category index; filled by the trainer from data/split/items.parquet (0 = padding/unknown)
+        self.register_buffer("item_category", torch.zeros(num_items, dtype=torch.long))
+        for emb in (self.item, self.category):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=dim ** -0.5)  # inner products start at O(1)
+                with torch.no_grad():
+                    emb.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids (...,) -> (..., D)
+        e = self.item(ids)
+        if self.category is not None:
+            e = (e + self.category(self.item_category[ids])) / 2  # MIND §3.2: average pooling of id features
+        return e
+
+
+class ProfileEmbedding(nn.Module):
+    """One embedding table per profile field (index 0 = unknown = zero vector); output the C field embeddings."""
+
+    def __init__(self, cardinalities: Sequence[int], dim: int):
+        super().__init__()
+        self.fields = nn.ModuleList(nn.Embedding(c, dim, padding_idx=0) for c in cardinalities)
+        for emb in self.fields:
+            nn.init.normal_(emb.weight, std=dim ** -0.5)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+
+    def forward(self, profile: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, C * P)
+        if len(self.fields) == 0:
+            return profile[:, :0].float()  # (B, 0): no profile fields
+        return torch.cat([emb(profile[:, c]) for c, emb in enumerate(self.fields)], dim=-1)
+
+
+def check_common(num_items: int, num_categories: int, profile_cardinalities: Sequence[int], dim: int,
+                 max_len: int) -> None:
+    """Shared argument checks (ValueError naming the key)."""
+    if num_items < 2:
+        raise ValueError(f"num_items must be >= 2 (padding + one item), got {num_items}")
+    if num_categories < 1:
+        raise ValueError(f"num_categories must be >= 1 (incl. padding), got {num_categories}")
+    if any(int(c) < 1 for c in profile_cardinalities):
+        raise ValueError(f"profile_cardinalities must all be >= 1 (incl. unknown), got {list(profile_cardinalities)}")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+
+
+class YouTubeDNN(nn.Module):
+    """Mean-pooled behaviours + profile -> ReLU MLP -> one user vector (K = 1).
+
+    Args:
+        num_items: item vocabulary incl. padding 0.
+        num_categories: category vocabulary incl. padding 0.
+        profile_cardinalities: per profile field, its vocabulary incl. unknown 0 (may be empty).
+        max_len: longest history the model is fed (unused here; accepted so every model takes the same
+            data-derived arguments).
+        dim: embedding and output dimension D.
+        profile_dim: embedding dimension of each profile field.
+        hidden_dim: width of the ReLU hidden layer.
+        use_category: average the category embedding into each item embedding (MIND §3.2).
+    """
+
+    def __init__(self, *, num_items: int, num_categories: int, profile_cardinalities: Sequence[int] = (),
+                 max_len: int = 50, dim: int = 64, profile_dim: int = 16, hidden_dim: int = 128,
+                 use_category: bool = True):
+        super().__init__()
+        check_common(num_items, num_categories, profile_cardinalities, dim, max_len)
+        if profile_dim < 1 or hidden_dim < 1:
+            raise ValueError(f"profile_dim and hidden_dim must be >= 1, got {profile_dim}, {hidden_dim}")
+        self.config = dict(num_items=num_items, num_categories=num_categories,
+                           profile_cardinalities=[int(c) for c in profile_cardinalities], max_len=max_len,
+                           dim=dim, profile_dim=profile_dim, hidden_dim=hidden_dim, use_category=use_category)
+        self.items = ItemTower(num_items, num_categories, dim, use_category)
+        self.profile = ProfileEmbedding(profile_cardinalities, profile_dim)
+        in_dim = dim + profile_dim * len(profile_cardinalities)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+
+    @property
+    def item_category(self) -> torch.Tensor:
+        """(num_items,) long item -> category index buffer (saved in the state dict)."""
+        return self.items.item_category
+
+    @item_category.setter
+    def item_category(self, value: torch.Tensor) -> None:
+        self.items.item_category.copy_(torch.as_tensor(value, dtype=torch.long))
+
+    def item_embeddings(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """(N,) ids -> (N, D)."""
+        return self.items(item_ids)
+
+    def user_interests(self, history: torch.Tensor, mask: torch.Tensor,
+                       profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L), (B, L), (B, C) -> interests (B, 1, D), interest_mask (B, 1) all True."""
+        e = self.items(history)  # (B, L, D)
+        m = mask.unsqueeze(-1).to(e.dtype)  # (B, L, 1)
+        pooled = (e * m).sum(1) / m.sum(1).clamp(min=1.0)  # masked mean, (B, D)
+        x = torch.cat([pooled, self.profile(profile)], dim=-1)  # (B, D + C * P)
+        user = self.mlp(x).unsqueeze(1)  # (B, 1, D)
+        return user, torch.ones_like(mask[:, :1])

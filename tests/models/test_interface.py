@@ -1,0 +1,152 @@
+"""Every model honours docs/CONTRACTS.md "Batches and the model interface": shapes, build/save/load,
+deterministic and traceable ``user_interests`` in eval mode, gradients reaching every parameter."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from components.config import ParamsError
+from components.io import DataError
+from models.loss import sampled_softmax_loss
+from tests.models.conftest import MAX_LEN, NUM_ITEMS, data_hparams, item_categories, make_batch
+
+NEURAL = {
+    "youtube_dnn": dict(dim=8, profile_dim=3, hidden_dim=16),
+}
+ALL = {"most_popular": {}, **NEURAL}
+
+
+def _build(arch, profile=(3, 4)):
+    model = models.build_model(arch, **data_hparams(list(profile)), **ALL[arch])
+    models.set_item_category(model, item_categories())
+    if arch == "most_popular":
+        model.fit_counts(torch.arange(NUM_ITEMS))
+    return model
+
+
+@pytest.mark.parametrize("arch", sorted(ALL))
+@pytest.mark.parametrize("profile", [(3, 4), ()])
+def test_shapes_and_protocol(arch, profile):
+    model = _build(arch, profile).eval()
+    assert isinstance(model, models.RetrievalModel)
+    history, mask, prof = make_batch(profile=list(profile))
+    interests, imask = model.user_interests(history, mask, prof)
+    B = history.shape[0]
+    assert interests.dim() == 3 and interests.shape[0] == B and imask.shape == interests.shape[:2]
+    assert imask.dtype == torch.bool and imask.any(1).all()
+    items = model.item_embeddings(torch.arange(NUM_ITEMS))
+    assert items.shape == (NUM_ITEMS, interests.shape[2])
+    assert torch.isfinite(interests).all() and torch.isfinite(items).all()
+
+
+@pytest.mark.parametrize("arch", sorted(ALL))
+def test_trace_matches_eager_on_other_inputs(arch):
+    model = _build(arch).eval()
+    example = make_batch(batch=3, seed=1)
+    traced = torch.jit.trace(_UserTower(model), example, check_trace=False)
+    for seed, lengths in [(2, [1, 8, 3, 5, 2]), (3, [8, 8]), (4, [2, 1, 1, 7, 4, 6, 3])]:
+        batch = make_batch(lengths=lengths, seed=seed)
+        eager = model.user_interests(*batch)
+        got = traced(*batch)
+        assert torch.equal(got[1], eager[1])
+        assert torch.allclose(got[0], eager[0], atol=1e-6)
+
+
+class _UserTower(torch.nn.Module):
+    """What serving exports: ``user_interests`` as ``forward`` (for torch.jit.trace)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, history, mask, profile):
+        return self.model.user_interests(history, mask, profile)
+
+
+@pytest.mark.parametrize("arch", sorted(ALL))
+def test_eval_is_deterministic_and_save_load_round_trip(arch, tmp_path):
+    model = _build(arch).eval()
+    batch = make_batch(batch=6, seed=5)
+    a = model.user_interests(*batch)
+    b = model.user_interests(*batch)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    path = tmp_path / "m" / "model.pt"
+    models.save_model(model, path, {"epoch": 3, "metrics": {"recall@50": 0.25}})
+    loaded, extra = models.load_model(path, with_extra=True)
+    assert extra == {"epoch": 3, "metrics": {"recall@50": 0.25}}
+    assert type(loaded) is type(model) and not loaded.training
+    c = loaded.user_interests(*batch)
+    assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    ids = torch.arange(NUM_ITEMS)
+    assert torch.equal(model.item_embeddings(ids), loaded.item_embeddings(ids))
+    assert torch.equal(loaded.item_category, model.item_category)
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("arch", sorted(NEURAL))
+def test_gradients_reach_every_parameter(arch):
+    model = _build(arch).train()
+    history, mask, prof = make_batch(batch=16, seed=7)
+    pos = torch.randint(1, NUM_ITEMS, (16,))
+    neg = torch.arange(1, NUM_ITEMS)
+    interests, imask = model.user_interests(history, mask, prof)
+    loss = sampled_softmax_loss(interests, imask, pos, model.item_embeddings(pos), neg, model.item_embeddings(neg),
+                                attention_pow=None, harder_negatives=True)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_build_model_rejects_bad_hparams():
+    with pytest.raises(ParamsError, match="'dimm'"):
+        models.build_model("youtube_dnn", **data_hparams(), dimm=8)
+    with pytest.raises(ParamsError, match="unknown model 'mlp'"):
+        models.build_model("mlp", **data_hparams())
+    with pytest.raises(ParamsError, match="num_items"):
+        models.build_model("youtube_dnn", num_categories=3, max_len=4)
+    with pytest.raises(ParamsError, match="dim must be >= 1"):
+        models.build_model("youtube_dnn", **data_hparams(), dim=0)
+
+
+def test_set_item_category_checks(tmp_path):
+    model = _build("youtube_dnn")
+    with pytest.raises(ValueError, match="shape"):
+        models.set_item_category(model, torch.zeros(3, dtype=torch.long))
+    bad = item_categories()
+    bad[4] = 99
+    with pytest.raises(ValueError, match="values"):
+        models.set_item_category(model, bad)
+    with pytest.raises(DataError, match="not found"):
+        models.load_model(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="junk.pt"):
+        models.load_model(tmp_path / "junk.pt")
+
+
+def test_most_popular_scores_are_train_counts():
+    model = _build("most_popular").eval()
+    counts = torch.randint(0, 100, (NUM_ITEMS,))
+    model.fit_counts(counts)
+    interests, imask = model.user_interests(*make_batch())
+    assert torch.equal(interests, torch.ones_like(interests)) and imask.all()
+    scores = torch.einsum("bkd,nd->bkn", interests, model.item_embeddings(torch.arange(NUM_ITEMS)))[:, 0]
+    expected = counts.float().clone()
+    expected[0] = 0
+    assert torch.equal(scores, expected.expand_as(scores))
+    assert not models.is_trainable(model) and models.is_trainable(_build("youtube_dnn"))
+
+
+def test_youtube_dnn_mean_pools_masked_behaviours():
+    model = _build("youtube_dnn").eval()
+    history, mask, prof = make_batch(lengths=[3, 5], seed=2)
+    a = model.user_interests(history, mask, prof)[0]
+    # padding positions hold arbitrary ids: they must not change the output
+    noisy = history.clone()
+    noisy[~mask] = 7
+    b = model.user_interests(noisy, mask, prof)[0]
+    assert torch.allclose(a, b)
+    # permuting behaviours does not change a mean
+    perm = history.clone()
+    perm[0, :3] = history[0, [2, 0, 1]]
+    assert torch.allclose(a, model.user_interests(perm, mask, prof)[0], atol=1e-6)
