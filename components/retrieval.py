@@ -1,22 +1,68 @@
-"""Exact multi-interest retrieval: the one function that evaluation, validation and serving all call.
+"""Multi-interest retrieval: the one set of functions that evaluation, validation, serving and the
+benchmarks all call, so that an offline metric and a served answer cannot drift apart.
 
-Each interest scores every item by inner product; an item's score for the user is its best score over the
-user's unmasked interests (ComiRec §4.1: candidates from all interests merged by their best score,
-duplicates removed). Taking the global top-N of that max equals retrieving top-N per interest and merging:
-an item in the merged top-N is in the top-N of the interest that scores it best.
+- :func:`pad_histories` turns item-index sequences into the padded model input (most recent ``max_len``
+  items, left-aligned, fixed width ``max_len`` so a user's tensors do not depend on the batch they are in).
+- :func:`topn` — exact retrieval. Each interest scores every item by inner product; an item's score for the
+  user is its best score over the user's unmasked interests (ComiRec eq. 11). Taking the global top-N of that
+  max equals retrieving top-N per interest and merging (§3.3, §4.2): an item in the merged top-N is in the
+  top-N of the interest that scores it best.
+- :func:`controllable_topn` — ComiRec's controllable aggregation (§3.3, Algorithm 2): greedy maximisation of
+  the value function eq. 12 with the category-inequality dissimilarity eq. 13 over the K·N candidates that
+  the K interests retrieve. λ = 0 reduces to :func:`topn` exactly (tested).
+- :func:`faiss_topn` — the same merge through a faiss index (exact for ``Flat``, approximate for ANN).
 
-Choice: history exclusion is applied *before* the top-N cut, so a user always gets N fresh candidates
-(MovieLens has no repeat consumption). Padding item 0 is never returned.
+Choices the papers leave open:
+- History exclusion is applied *before* the top-N cut (for the controllable aggregation: before each
+  interest's top-N), so a user always gets N fresh candidates (MovieLens has no repeat consumption).
+  Padding item 0 is never returned.
+- Ties are broken by the lower item index, everywhere (exact top-N, per-interest candidates, greedy
+  argmax), so results are deterministic and identical between evaluation and serving.
+- Algorithm 2 adds λ·Σ_{k∈S} g(i, k) per step, i.e. half the marginal gain of eq. 12 (whose double sum
+  counts each pair twice); we follow Algorithm 2 as printed — it only rescales λ.
+- When fewer than N items are available (huge exclusions), trailing entries carry score -inf; callers that
+  serve users drop them.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
 NEG_INF = float("-inf")
+# Bound on the (rows x items) score block materialised at once: 2^25 floats = 128 MiB.
+_BLOCK_FLOATS = 1 << 25
+
+
+def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded model input from item-index sequences (oldest first).
+
+    Keeps the most recent ``max_len`` items (docs/CONTRACTS.md), left-aligned, zeros after, width exactly
+    ``max_len`` whatever the batch.
+
+    Returns:
+        history (B, max_len) int64, mask (B, max_len) bool.
+    """
+    history = torch.zeros(len(histories), max_len, dtype=torch.long)
+    for b, seq in enumerate(histories):
+        recent = list(seq)[-max_len:] if max_len > 0 else []
+        if recent:
+            history[b, : len(recent)] = torch.as_tensor(recent, dtype=torch.long)
+    return history, history != 0
+
+
+def pad_exclusions(histories: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, max history length) int64 of the *whole* histories, 0-padded, for :func:`exclude_items`."""
+    width = max((len(h) for h in histories), default=0)
+    out = torch.zeros(len(histories), max(width, 1), dtype=torch.long)
+    for b, seq in enumerate(histories):
+        if len(seq):
+            out[b, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
 
 
 def merged_scores(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-    """Best score over unmasked interests for every item.
+    """Best score over unmasked interests for every item (ComiRec eq. 11).
 
     Args:
         interests: (B, K, D) user interests.
@@ -27,7 +73,7 @@ def merged_scores(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb
     """
     scores = torch.einsum("bkd,nd->bkn", interests, item_emb)  # (B, K, N)
     scores = scores.masked_fill(~interest_mask.unsqueeze(-1), NEG_INF)
-    best = scores.amax(dim=1)  # (B, N)
+    best = scores.amax(dim=1)  # (B, N): eq. (11) f(u, i) = max_k e_i^T v_u^(k)
     best[:, 0] = NEG_INF
     return best
 
@@ -39,29 +85,194 @@ def exclude_items(scores: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+def stable_topk(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``n`` of each row sorted by (score descending, column index ascending).
+
+    Same answer as a full stable sort, at the cost of a ``torch.topk``: take the n-th largest value as a
+    threshold, fetch every column that reaches it (ties at the boundary included), then order that short
+    list stably.
+
+    Args:
+        scores: (R, N) float.
+    Returns:
+        values (R, n), columns (R, n) int64.
+    """
+    rows, cols = scores.shape
+    n = min(n, cols)
+    if n == 0:
+        return scores[:, :0], torch.zeros(rows, 0, dtype=torch.long)
+    thr = torch.topk(scores, n, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # (R, 1)
+    need = int((scores >= thr).sum(dim=1).max())  # widest tie-inclusive candidate list
+    if need >= cols:
+        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+        return vals[:, :n], idx[:, :n]
+    vals, idx = torch.topk(scores, need, dim=1, sorted=False)  # every column >= thr is among these
+    order = torch.argsort(idx, dim=1)  # by column index first ...
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices  # ... then stably by score
+    return vals.gather(1, order)[:, :n], idx.gather(1, order)[:, :n]
+
+
+def _chunk(batch_rows: int, per_row_floats: int) -> int:
+    return max(1, min(batch_rows, _BLOCK_FLOATS // max(per_row_floats, 1)))
+
+
 @torch.no_grad()
 def topn(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb: torch.Tensor, n: int,
-         exclude: torch.Tensor | None = None, chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``n`` items per user by merged multi-interest score.
+         exclude: torch.Tensor | None = None, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``n`` items per user by merged multi-interest score (ComiRec eq. 11, λ = 0).
 
     Args:
         interests, interest_mask, item_emb: as in :func:`merged_scores`.
         n: list length (capped at the number of real items).
         exclude: optional (B, L) item indices per user to leave out (e.g. the history), 0-padded.
-        chunk_size: users scored at once, bounding memory at chunk_size * K * N floats.
+        chunk_size: users scored at once; default bounds the (chunk, K, N) block to ~128 MiB.
     Returns:
         (scores (B, n), items (B, n)) sorted by descending score; ties broken by lower item index.
     """
     num_items = item_emb.shape[0]
     n = min(n, num_items - 1)
+    step = chunk_size or _chunk(interests.shape[0], interests.shape[1] * num_items)
     out_s, out_i = [], []
-    for start in range(0, interests.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        s = merged_scores(interests[sl], interest_mask[sl], item_emb)
+    for start in range(0, interests.shape[0], step):
+        sl = slice(start, start + step)
+        s = merged_scores(interests[sl], interest_mask[sl], item_emb)  # (b, N)
         if exclude is not None:
             exclude_items(s, exclude[sl])
-        # stable tie-break: sort by (-score, index) so evaluation and serving agree exactly
-        vals, idx = torch.sort(s, dim=1, descending=True, stable=True)
-        out_s.append(vals[:, :n])
-        out_i.append(idx[:, :n])
+        vals, idx = stable_topk(s, n)
+        out_s.append(vals)
+        out_i.append(idx)
+    if not out_s:
+        return torch.zeros(0, n), torch.zeros(0, n, dtype=torch.long)
     return torch.cat(out_s), torch.cat(out_i)
+
+
+@torch.no_grad()
+def controllable_topn(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb: torch.Tensor, n: int,
+                      item_category: torch.Tensor, diversity_lambda: float,
+                      exclude: torch.Tensor | None = None,
+                      chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComiRec's controllable aggregation (§3.3, Algorithm 2).
+
+    Each unmasked interest retrieves its own top-``n`` (exclusions applied first); the union ``M`` (at most
+    K·n items, duplicates removed) is the candidate set. Greedily, ``n`` times (Algorithm 2, line 3):
+    ``j = argmax_{i ∈ M \\ S} f(u, i) + λ Σ_{k ∈ S} g(i, k)`` with f from eq. 11 and
+    g(i, k) = δ(CATE(i) ≠ CATE(k)) (eq. 13), so Σ_{k∈S} g(i, k) = |S| − #{k ∈ S : CATE(k) = CATE(i)}.
+
+    Args:
+        interests, interest_mask, item_emb, n, exclude: as in :func:`topn`.
+        item_category: (N,) int64 category index per item (0 = padding/unknown).
+        diversity_lambda: λ ≥ 0 of eq. 12; 0 gives exactly :func:`topn`.
+    Returns:
+        (f scores (B, n), items (B, n)) in selection order; the score is the accuracy term f(u, i).
+    """
+    if diversity_lambda < 0:
+        raise ValueError(f"diversity_lambda must be >= 0, got {diversity_lambda}")
+    if diversity_lambda == 0:
+        return topn(interests, interest_mask, item_emb, n, exclude, chunk_size)
+    B, K, _ = interests.shape
+    num_items = item_emb.shape[0]
+    n = min(n, num_items - 1)
+    num_categories = int(item_category.max()) + 1 if item_category.numel() else 1
+    step = chunk_size or _chunk(B, K * num_items)
+    out_s, out_i = [], []
+    for start in range(0, B, step):
+        sl = slice(start, start + step)
+        v, m = interests[sl], interest_mask[sl]
+        b = v.shape[0]
+        per = torch.einsum("bkd,nd->bkn", v, item_emb)  # (b, K, N)
+        per[:, :, 0] = NEG_INF
+        if exclude is not None:
+            per.scatter_(2, exclude[sl].unsqueeze(1).expand(b, K, -1), NEG_INF)
+        f = per.masked_fill(~m.unsqueeze(-1), NEG_INF).amax(dim=1)  # (b, N) eq. (11)
+        _, cand = stable_topk(per.reshape(b * K, num_items), n)  # (b*K, n) per-interest top-n
+        cand = cand.reshape(b, K * n)
+        # candidates of masked interests are not retrieved at all
+        valid = m.repeat_interleave(n, dim=1)  # (b, K*n)
+        cand = cand.masked_fill(~valid, 0)
+        # remove duplicates: sort by item index, keep the first of each run
+        cand = torch.sort(cand, dim=1).values
+        dup = torch.zeros_like(cand, dtype=torch.bool)
+        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        fc = f.gather(1, cand)  # (b, M) accuracy term of each candidate
+        unavailable = dup | (cand == 0)
+        # order candidates by (-f, index) so argmax's first-maximum rule breaks ties by lower index
+        fc_key = fc.masked_fill(unavailable, NEG_INF)
+        order = torch.sort(fc_key, dim=1, descending=True, stable=True).indices
+        cand, fc, unavailable = cand.gather(1, order), fc.gather(1, order), unavailable.gather(1, order)
+        cat = item_category[cand]  # (b, M)
+        counts = torch.zeros(b, num_categories, dtype=fc.dtype)  # selected items per category
+        taken = unavailable.clone()
+        sel_s = torch.full((b, n), NEG_INF, dtype=fc.dtype)
+        sel_i = torch.zeros(b, n, dtype=torch.long)
+        for t in range(n):  # Algorithm 2, lines 2-4
+            gain = t - counts.gather(1, cat)  # Σ_{k∈S} g(i, k), eq. (13)
+            value = fc + diversity_lambda * gain  # line 3 objective
+            # -inf scores (exhausted lists) must never outrank real ones through the diversity bonus
+            value = torch.where(torch.isfinite(fc), value, torch.full_like(value, -1e30))
+            value = value.masked_fill(taken, NEG_INF)
+            j = value.argmax(dim=1, keepdim=True)  # (b, 1), first maximum = lower index on ties
+            ok = ~taken.gather(1, j).squeeze(1)
+            sel_i[:, t] = torch.where(ok, cand.gather(1, j).squeeze(1), 0)
+            sel_s[:, t] = torch.where(ok, fc.gather(1, j).squeeze(1), torch.tensor(NEG_INF))
+            taken.scatter_(1, j, True)
+            counts.scatter_add_(1, cat.gather(1, j), ok.to(fc.dtype).unsqueeze(1))
+        out_s.append(sel_s)
+        out_i.append(sel_i)
+    if not out_s:
+        return torch.zeros(0, n), torch.zeros(0, n, dtype=torch.long)
+    return torch.cat(out_s), torch.cat(out_i)
+
+
+def retrieve(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb: torch.Tensor, n: int, *,
+             exclude: torch.Tensor | None = None, diversity_lambda: float = 0.0,
+             item_category: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The single entry point evaluation and serving use: exact top-n, controllable when λ > 0."""
+    if diversity_lambda > 0:
+        if item_category is None:
+            raise ValueError("diversity_lambda > 0 needs item categories")
+        return controllable_topn(interests, interest_mask, item_emb, n, item_category, diversity_lambda,
+                                 exclude)
+    return topn(interests, interest_mask, item_emb, n, exclude)
+
+
+def faiss_topn(index, row_items, interests, interest_mask, n: int, exclude=None):
+    """Merged multi-interest top-``n`` through a faiss inner-product index.
+
+    Every unmasked interest searches ``n + |exclusions|`` neighbours (enough that ``n`` survive the
+    exclusion); candidates are merged by their best score over interests (eq. 11), duplicates removed,
+    exclusions dropped, and ordered by (score desc, item index asc). For a ``Flat`` index this is exact
+    up to float rounding; for ANN indexes it is the served approximation.
+
+    Args:
+        index: faiss index over the item rows.
+        row_items: (R,) int64 numpy array mapping index row -> item index.
+        interests: (B, K, D) float32 numpy/tensor; interest_mask: (B, K) bool.
+        n: list length; exclude: (B, L) int64 item indices, 0-padded, or None.
+    Returns:
+        scores (B, n) float32, items (B, n) int64 numpy arrays (-inf / 0 when fewer than n were found).
+    """
+    import numpy as np
+
+    v = np.ascontiguousarray(np.asarray(interests, dtype=np.float32))
+    m = np.asarray(interest_mask, dtype=bool)
+    B, K, D = v.shape
+    ex = np.zeros((B, 1), dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
+    k = min(n + int((ex != 0).sum(axis=1).max(initial=0)), index.ntotal)
+    sims, rows = index.search(v.reshape(B * K, D), k)  # (B*K, k)
+    sims, rows = sims.reshape(B, K * k), rows.reshape(B, K * k)
+    items = np.where(rows >= 0, row_items[np.clip(rows, 0, None)], 0)
+    sims = np.where(np.repeat(m, k, axis=1) & (rows >= 0), sims, -np.inf)
+    out_s = np.full((B, n), -np.inf, dtype=np.float32)
+    out_i = np.zeros((B, n), dtype=np.int64)
+    for b in range(B):
+        best: dict[int, float] = {}
+        for item, s in zip(items[b].tolist(), sims[b].tolist()):
+            if s != -np.inf and item != 0 and s > best.get(item, -np.inf):
+                best[item] = s
+        for item in ex[b].tolist():
+            best.pop(item, None)
+        ranked = sorted(best.items(), key=lambda t: (-t[1], t[0]))[:n]
+        for j, (item, s) in enumerate(ranked):
+            out_i[b, j], out_s[b, j] = item, s
+    return out_s, out_i
