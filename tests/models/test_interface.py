@@ -12,6 +12,7 @@ from models.loss import sampled_softmax_loss
 from tests.models.conftest import MAX_LEN, NUM_ITEMS, data_hparams, item_categories, make_batch
 
 NEURAL = {
+    "mind": dict(dim=8, num_interests=4, routing_iters=3, profile_dim=3, hidden_dim=16),
     "youtube_dnn": dict(dim=8, profile_dim=3, hidden_dim=16),
 }
 ALL = {"most_popular": {}, **NEURAL}
@@ -45,8 +46,9 @@ def test_trace_matches_eager_on_other_inputs(arch):
     model = _build(arch).eval()
     example = make_batch(batch=3, seed=1)
     traced = torch.jit.trace(_UserTower(model), example, check_trace=False)
-    for seed, lengths in [(2, [1, 8, 3, 5, 2]), (3, [8, 8]), (4, [2, 1, 1, 7, 4, 6, 3])]:
-        batch = make_batch(lengths=lengths, seed=seed)
+    # other batch sizes, lengths, masks and a shorter padded length L than the trace example
+    for seed, lengths, L in [(2, [1, 8, 3, 5, 2], 8), (3, [8, 8], 8), (4, [2, 1, 1, 5, 4, 3, 3], 5)]:
+        batch = make_batch(lengths=lengths, seed=seed, max_len=L)
         eager = model.user_interests(*batch)
         got = traced(*batch)
         assert torch.equal(got[1], eager[1])
