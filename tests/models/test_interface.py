@@ -12,6 +12,7 @@ from models.loss import sampled_softmax_loss
 from tests.models.conftest import MAX_LEN, NUM_ITEMS, data_hparams, item_categories, make_batch
 
 NEURAL = {
+    "umi": dict(dim=8, num_interests=3, routing_iters=3, profile_dim=3, attention_hidden=5, hidden_dim=7),
     "comirec_dr": dict(dim=8, num_interests=3, routing_iters=3),
     "comirec_sa": dict(dim=8, num_interests=3, attention_dim=12),
     "mind": dict(dim=8, num_interests=4, routing_iters=3, profile_dim=3, hidden_dim=16),
