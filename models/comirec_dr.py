@@ -113,7 +113,7 @@ class ComiRecDR(nn.Module):
 
     def capsules(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L) -> interest capsules (B, K, D), coupling (B, K, L) over newest-first positions."""
-        if history.shape[1] > self.max_len:
+        if not torch.jit.is_tracing() and history.shape[1] > self.max_len:  # shapes are constants in a trace
             raise ValueError(f"history length {history.shape[1]} > max_len {self.max_len}")
         recent, rmask = recency_order(history, mask)
         e = self.items(recent)  # (B, L, D), newest first

@@ -76,7 +76,7 @@ class ComiRecSA(nn.Module):
 
     def attention(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L) -> attention A (B, L, K) (each column sums to 1 over real behaviours), H (B, L, D)."""
-        if history.shape[1] > self.max_len:
+        if not torch.jit.is_tracing() and history.shape[1] > self.max_len:  # shapes are constants in a trace
             raise ValueError(f"history length {history.shape[1]} > max_len {self.max_len}")
         h = self.items(history)  # H, (B, L, D)
         t = torch.arange(history.shape[1], device=history.device).unsqueeze(0)  # (1, L)

@@ -2,6 +2,8 @@
 deterministic and traceable ``user_interests`` in eval mode, gradients reaching every parameter."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -48,7 +50,11 @@ def test_shapes_and_protocol(arch, profile):
 def test_trace_matches_eager_on_other_inputs(arch):
     model = _build(arch).eval()
     example = make_batch(batch=3, seed=1)
-    traced = torch.jit.trace(_UserTower(model), example, check_trace=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(_UserTower(model), example, check_trace=False)
+    tracer = [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert not tracer, tracer  # no Python branching on tensor values
     # other batch sizes, lengths, masks and a shorter padded length L than the trace example
     for seed, lengths, L in [(2, [1, 8, 3, 5, 2], 8), (3, [8, 8], 8), (4, [2, 1, 1, 5, 4, 3, 3], 5)]:
         batch = make_batch(lengths=lengths, seed=seed, max_len=L)
