@@ -1,0 +1,253 @@
+"""build_index: a faiss inner-product index over a trained model's item embeddings, with its figures.
+
+The index is chosen by a faiss factory string (``index.factory``): exact ``Flat`` by default; ``HNSW32``,
+``IVF1024,Flat`` or ``IVF1024,PQ16`` for large catalogues (see benchmarks/index.py for the measured
+trade-offs). Row ``r`` of the index is item index ``item_ids.npy[r]`` (padding 0 is not indexed).
+
+Reported in ``index.json`` (DVC metrics): build time, serialized size, search throughput for batched
+multi-interest queries (every unmasked interest of the valid and test users, one ``search`` call per batch),
+and ANN quality against exact search: per-interest recall@N (|ANN top-N ∩ exact top-N| / N) and the recall
+of the merged multi-interest list (the list users actually get).
+
+Choices the papers leave open:
+- Catalogues smaller than ``flat_below`` items get exact ``Flat`` whatever the factory: ANN buys nothing on
+  a few thousand items and IVF needs ~39 training points per list. The factory actually used is recorded.
+- Throughput is the wall time of ``index.search`` alone (no model forward), faiss using its default threads.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.config import ParamsError, load_params, section
+from components.io import DataError, atomic_dir, cli_main, write_json
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    factory: str = "Flat"
+    """faiss factory string (inner product), e.g. Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16."""
+    nprobe: int = 16
+    """IVF: inverted lists visited per query."""
+    ef_search: int = 128
+    """HNSW: search-time beam width (efSearch)."""
+    flat_below: int = 10000
+    """catalogues with fewer items use exact Flat regardless of ``factory``."""
+    recall_n: int = 50
+    """N of the ANN recall@N against exact search."""
+    batch_size: int = 512
+    """users per forward pass / queries per search call in the throughput figure (x K interests)."""
+
+    def __post_init__(self) -> None:
+        if not self.factory.strip():
+            raise ValueError("factory must be a non-empty faiss factory string")
+        for key in ("nprobe", "ef_search", "recall_n", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.flat_below < 0:
+            raise ValueError(f"flat_below must be >= 0, got {self.flat_below}")
+
+
+def build_faiss_index(item_emb: np.ndarray, factory: str, *, nprobe: int = 16, ef_search: int = 128,
+                      flat_below: int = 0):
+    """Inner-product faiss index over rows 1.. of ``item_emb`` (row 0 = padding is left out).
+
+    Args:
+        item_emb: (N, D) float embeddings of every item index.
+        factory: faiss factory string.
+        nprobe, ef_search: search-time parameters applied where the index has them.
+        flat_below: use ``Flat`` when fewer than this many real items.
+    Returns:
+        (index, row_items (R,) int64: index row -> item index, factory actually used)
+    Raises:
+        ParamsError: the factory string is invalid or cannot be built for this catalogue (named).
+    """
+    import faiss
+
+    emb = np.ascontiguousarray(np.asarray(item_emb, dtype=np.float32)[1:])
+    row_items = np.arange(1, emb.shape[0] + 1, dtype=np.int64)
+    used = "Flat" if emb.shape[0] < flat_below else factory
+    d = emb.shape[1]
+    try:
+        index = faiss.index_factory(d, used, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(emb)
+        index.add(emb)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ParamsError(f"index.factory: cannot build {used!r} for {emb.shape[0]} items of dim {d}: "
+                          f"{first}") from None
+    set_search_params(index, nprobe=nprobe, ef_search=ef_search)
+    return index, row_items, used
+
+
+def set_search_params(index, *, nprobe: int, ef_search: int) -> None:
+    """Apply nprobe (IVF) and efSearch (HNSW) where the index has them."""
+    import faiss
+
+    ps = faiss.ParameterSpace()
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        try:
+            ps.set_index_parameter(index, name, value)
+        except RuntimeError:
+            pass  # this index type has no such parameter
+
+
+def ann_recall(index, row_items: np.ndarray, item_emb, interests, interest_mask, n: int) -> dict[str, float]:
+    """ANN quality against exact search, without exclusions.
+
+    Returns:
+        {"interest_recall": mean over unmasked interests of |ANN top-n ∩ exact top-n| / n,
+         "merged_recall": mean over users of the same overlap for the merged multi-interest list}
+    """
+    import torch
+
+    from components.retrieval import faiss_topn, stable_topk, topn
+
+    v = torch.as_tensor(interests, dtype=torch.float32)
+    m = torch.as_tensor(interest_mask, dtype=torch.bool)
+    emb = torch.as_tensor(item_emb, dtype=torch.float32)
+    q = v[m]  # (Q, D) unmasked interests
+    n = min(n, index.ntotal)
+    if q.shape[0] == 0:
+        return {"interest_recall": float("nan"), "merged_recall": float("nan")}
+    scores = q @ emb.T  # (Q, N)
+    scores[:, 0] = float("-inf")
+    _, exact = stable_topk(scores, n)
+    _, rows = index.search(np.ascontiguousarray(q.numpy()), n)
+    ann = np.where(rows >= 0, row_items[np.clip(rows, 0, None)], 0)
+    per = [len(np.intersect1d(a, e)) / n for a, e in zip(ann, exact.numpy())]
+    _, exact_merged = topn(v, m, emb, n)
+    _, ann_merged = faiss_topn(index, row_items, v.numpy(), m.numpy(), n)
+    merged = [len(np.intersect1d(a[a != 0], e)) / n for a, e in zip(ann_merged, exact_merged.numpy())]
+    return {"interest_recall": float(np.mean(per)), "merged_recall": float(np.mean(merged))}
+
+
+def search_throughput(index, interests, interest_mask, n: int, batch_users: int, min_seconds: float = 0.2
+                      ) -> dict[str, float]:
+    """Queries per second of ``index.search`` over batches of ``batch_users`` users' unmasked interests."""
+    v = np.asarray(interests, dtype=np.float32)
+    m = np.asarray(interest_mask, dtype=bool)
+    batches = [np.ascontiguousarray(v[s:s + batch_users][m[s:s + batch_users]])
+               for s in range(0, len(v), batch_users)]
+    batches = [b for b in batches if len(b)]
+    total = sum(len(b) for b in batches)
+    if total == 0:
+        return {"queries_per_s": float("nan"), "queries": 0}
+    n = min(n, index.ntotal)
+    done, elapsed = 0, 0.0
+    while elapsed < min_seconds:
+        t0 = time.perf_counter()
+        for b in batches:
+            index.search(b, n)
+        elapsed += time.perf_counter() - t0
+        done += total
+    return {"queries_per_s": done / elapsed, "queries": total}
+
+
+def run(cfg: IndexConfig, model_dir: Path, split_dir: Path, out_dir: Path) -> dict:
+    """Build the index for ``model_dir/model.pt`` over the catalogue of ``split_dir``; write ``out_dir``
+    atomically (``index.faiss``, ``item_ids.npy``, ``index.json``).
+
+    Returns:
+        the ``index.json`` figures.
+    """
+    import faiss
+
+    from components.evaluate import SPLITS, compute_interests, item_table, load_catalogue, load_users
+    from models import load_model
+
+    model = load_model(Path(model_dir) / "model.pt")
+    cat = load_catalogue(split_dir)
+    item_emb = item_table(model, cat.num_items)
+    if item_emb.shape[0] != cat.num_items:
+        raise DataError(f"model has {item_emb.shape[0]} items, split has {cat.num_items}",
+                        path=Path(split_dir) / "vocab.json")
+    max_len = int(model.config.get("max_len", 50))
+    t0 = time.perf_counter()
+    index, row_items, used = build_faiss_index(item_emb.numpy(), cfg.factory, nprobe=cfg.nprobe,
+                                               ef_search=cfg.ef_search, flat_below=cfg.flat_below)
+    build_s = time.perf_counter() - t0
+    import torch
+
+    vs, ms = [], []
+    for split in SPLITS:
+        users = load_users(split_dir, split, cat)
+        v, m = compute_interests(model, users, max_len, cfg.batch_size)
+        vs.append(v)
+        ms.append(m)
+    v, m = torch.cat(vs), torch.cat(ms)
+    quality = ann_recall(index, row_items, item_emb, v, m, cfg.recall_n)
+    speed = search_throughput(index, v.numpy(), m.numpy(), cfg.recall_n, cfg.batch_size)
+    blob = faiss.serialize_index(index)
+    info: dict[str, Any] = {
+        "factory": used,
+        "factory_requested": cfg.factory,
+        "nprobe": cfg.nprobe,
+        "ef_search": cfg.ef_search,
+        "dim": int(item_emb.shape[1]),
+        "num_items": int(index.ntotal),
+        "build_s": build_s,
+        "index_bytes": int(len(blob)),
+        f"interest_recall@{cfg.recall_n}": quality["interest_recall"],
+        f"merged_recall@{cfg.recall_n}": quality["merged_recall"],
+        "queries_per_s": speed["queries_per_s"],
+        "num_queries": speed["queries"],
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+    with atomic_dir(out_dir) as tmp:
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        np.save(tmp / "item_ids.npy", row_items)
+        write_json(tmp / "index.json", info)
+    return info
+
+
+def load_index(index_dir: Path):
+    """``(index, row_items, info)`` from a build_index output folder; DataError when incomplete."""
+    import json
+
+    import faiss
+
+    index_dir = Path(index_dir)
+    for name in ("index.faiss", "item_ids.npy", "index.json"):
+        if not (index_dir / name).exists():
+            raise DataError("file not found", path=index_dir / name)
+    index = faiss.read_index(str(index_dir / "index.faiss"))
+    row_items = np.load(index_dir / "item_ids.npy")
+    info = json.loads((index_dir / "index.json").read_text())
+    if len(row_items) != index.ntotal:
+        raise DataError(f"{len(row_items)} ids for {index.ntotal} index rows", path=index_dir / "item_ids.npy")
+    set_search_params(index, nprobe=int(info.get("nprobe", 16)), ef_search=int(info.get("ef_search", 128)))
+    return index, row_items, info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m components.build_index",
+                                     description="faiss index over a trained model's item embeddings.")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model", required=True, help="model variant")
+    parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
+    parser.add_argument("--split", type=Path, default=Path("data/split"))
+    parser.add_argument("--out", type=Path, default=None, help="default: artifacts/index/<model>")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        cfg = section(load_params(args.params), "index", IndexConfig)
+        out = args.out or Path("artifacts/index") / args.model
+        info = run(cfg, args.models_dir / args.model, args.split, out)
+        n = cfg.recall_n
+        print(f"build_index {args.model}: {info['factory']} over {info['num_items']} items (d={info['dim']}) "
+              f"built in {info['build_s']:.3f}s; {info['queries_per_s']:.0f} interest-queries/s; "
+              f"recall@{n} vs exact: per interest {info[f'interest_recall@{n}']:.4f}, merged "
+              f"{info[f'merged_recall@{n}']:.4f} -> {out}")
+
+    cli_main(body)
+
+
+if __name__ == "__main__":
+    main()
