@@ -1,0 +1,539 @@
+"""train: fit one model variant on ``data/split/`` with PyTorch Lightning and write ``artifacts/models/<variant>/``.
+
+    python -m components.train --params params.yaml --model mind --split data/split --out artifacts/models/mind
+
+Reads ``seed``, the ``train`` section and ``models.<variant>`` of params.yaml. The variant's ``arch``,
+``harder_negatives``, ``attention_pow`` and any key of the ``train`` section (a per-model override, e.g.
+``lr``) are the trainer's; every other key goes to ``models.build_model``.
+
+Training (one thin LightningModule, :class:`RetrievalTask`): every prefix of a train user's sequence predicts
+its next item (components/train_data.py); the loss is the sampled softmax of models/loss.py (MIND eqs.
+10–11, ComiRec eqs. 9–10, UMI eq. 13 with ``harder_negatives``) with ``num_negatives`` negatives shared by
+the batch, drawn by the configured sampler. Adam(lr, weight_decay). After every epoch, Recall@50 on the
+validation users (history truncated to ``max_len``, the whole history excluded from retrieval, targets
+from ``valid.parquet``, retrieval by components.retrieval.topn) drives EarlyStopping and ModelCheckpoint.
+
+Outputs (written on global rank 0 only, into a temporary directory renamed onto ``out_dir`` at the end):
+``best.ckpt`` (Lightning checkpoint of the best epoch), ``model.pt`` (``models.save_model`` of the best
+weights; ``extra`` holds the vocabulary sizes, ``max_len``, the training config and the best validation
+recall), ``logs/metrics.csv`` (one row per epoch: ``epoch, step, train/loss, val/recall@50``; DVC plots) and
+``train.json`` (best validation recall, epochs run, samples/s, seconds/epoch, peak memory).
+
+Choices the papers and the issue leave open:
+- log-Q: with the ``popularity`` and ``log_uniform`` samplers every logit of a sampled candidate (and of the
+  positive) is corrected by ``- log Q(item)`` (sampled softmax as in TF/Jean et al.); ``uniform`` needs none
+  (a constant cancels). In-batch negatives, when enabled, are corrected by the add-one-smoothed training
+  frequency of the item (their sampling distribution is the data).
+- Negatives are drawn on the CPU from a generator seeded by ``(seed, global rank)``: ranks draw different
+  negatives, and a rerun draws the same ones.
+- Validation recall of a user = |top-50 ∩ targets| / |targets| with targets de-duplicated (ComiRec §4.1);
+  the score is the mean over validation users. Each DDP rank scores a disjoint shard of users and the
+  per-rank sums of recall and user counts are all-reduced, so the value is exactly the full-set mean.
+- MostPopular has nothing to fit: it counts (``train_count``), is scored on the validation users by the
+  same code, and writes the same four outputs (one "epoch").
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from components.config import ParamsError, from_dict, load_params, section, to_dict
+from components.io import cli_main, write_json
+
+VAL_TOPN = 50
+MONITOR = f"val/recall@{VAL_TOPN}"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` section of params.yaml."""
+
+    models: list[str] = field(default_factory=lambda: ["youtube_dnn"])
+    """model variants (keys of ``models:``) that the pipeline trains; read by dvc.yaml's foreach."""
+    max_len: int = 20
+    """history length L: the most recent max_len items before a target (and of a valid/test history)."""
+    accelerator: str = "cpu"
+    """Lightning accelerator: cpu | gpu | cuda | mps | auto."""
+    devices: int | str = 1
+    """Lightning devices per node: a count, or "auto"."""
+    strategy: str = "auto"
+    """Lightning strategy: auto | ddp | ddp_find_unused_parameters_true | ..."""
+    num_nodes: int = 1
+    """machines for DDP."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true | bf16-mixed | 16-mixed | ..."""
+    max_epochs: int = 30
+    """upper bound on epochs; early stopping usually ends sooner."""
+    batch_size: int = 256
+    """training samples per step per rank (global batch = batch_size * devices * num_nodes)."""
+    lr: float = 0.001
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay (L2)."""
+    num_negatives: int = 50
+    """sampled negatives shared by the batch per step."""
+    sampler: Literal["uniform", "popularity", "log_uniform"] = "uniform"
+    """negative sampler; popularity and log_uniform get the log-Q correction."""
+    in_batch_negatives: bool = False
+    """also use the other rows' positives as negatives."""
+    patience: int = 3
+    """early stopping: epochs without a better validation Recall@50."""
+    num_workers: int = 0
+    """DataLoader worker processes (spawned); 0 builds batches in the training process."""
+    eval_batch_size: int = 512
+    """validation users scored per batch."""
+    progress_refresh: int = 20
+    """progress bar refresh rate in steps (0 = no progress bar)."""
+    deterministic: bool = True
+    """Lightning ``deterministic``: use deterministic algorithms (same params + data -> same metrics)."""
+
+    def __post_init__(self) -> None:
+        positive = ("max_len", "num_nodes", "max_epochs", "batch_size", "eval_batch_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("num_negatives", "patience", "num_workers", "progress_refresh"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ValueError(f"devices must be a positive count or 'auto', got {self.devices!r}")
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError(f"devices must be >= 1, got {self.devices}")
+        if self.num_negatives == 0 and not self.in_batch_negatives:
+            raise ValueError("num_negatives must be >= 1 unless in_batch_negatives is true")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models has duplicates: {self.models}")
+
+
+#: ``train`` keys a model variant may override
+OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "models")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One ``models.<variant>`` entry, split into the trainer's keys and the constructor's."""
+
+    name: str
+    """the variant name (key under ``models:``)."""
+    arch: str
+    """architecture registered in models.ARCHS."""
+    harder_negatives: bool = False
+    """score every negative with the interest it selects itself (UMI eqs. 12–13)."""
+    attention_pow: float | None = None
+    """label-aware attention power p (MIND §3.4); null = hard argmax selection (ComiRec eq. 8)."""
+    hparams: dict[str, Any] = field(default_factory=dict)
+    """constructor arguments for models.build_model (data-derived ones are added by the trainer)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """per-model values of ``train`` keys."""
+
+    def __post_init__(self) -> None:
+        if self.attention_pow is not None and not self.attention_pow >= 0:
+            raise ValueError(f"attention_pow must be >= 0 or null, got {self.attention_pow}")
+        from models import ARCHS, DATA_HPARAMS
+
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch: unknown model {self.arch!r} (known: {', '.join(sorted(ARCHS))})")
+        clash = sorted(set(self.hparams) & set(DATA_HPARAMS))
+        if clash:
+            raise ValueError(f"{', '.join(clash)} come(s) from the split / train section, not models.{self.name}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], name: str) -> "ModelConfig":
+        """Parse ``params["models"][name]``; ParamsError naming ``models.<name>.<key>``."""
+        models = params.get("models")
+        if not isinstance(models, Mapping) or name not in models:
+            known = ", ".join(sorted(models)) if isinstance(models, Mapping) else "none"
+            raise ParamsError(f"models.{name}: no such model variant (known: {known})")
+        entry = models[name] or {}
+        if not isinstance(entry, Mapping):
+            raise ParamsError(f"models.{name}: expected a mapping, got {type(entry).__name__}")
+        prefix = f"models.{name}"
+        if "arch" not in entry:
+            raise ParamsError(f"{prefix}.arch: required key is missing")
+        own = {k: entry[k] for k in ("arch", "harder_negatives", "attention_pow") if k in entry}
+        overrides = {k: v for k, v in entry.items() if k in OVERRIDABLE}
+        hparams = {k: v for k, v in entry.items() if k not in own and k not in overrides}
+        # the strict loader type-checks the trainer's keys and the overrides
+        parsed = from_dict(_ModelKeys, own, prefix)
+        from_dict(TrainConfig, overrides, prefix)
+        try:
+            return cls(name=name, arch=parsed.arch, harder_negatives=parsed.harder_negatives,
+                       attention_pow=parsed.attention_pow, hparams=hparams, overrides=overrides)
+        except ValueError as exc:
+            raise ParamsError(f"{prefix}: {exc}") from None
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        """``base`` with this variant's overrides applied (validated)."""
+        if not self.overrides:
+            return base
+        return from_dict(TrainConfig, {**to_dict(base), **self.overrides}, f"models.{self.name}")
+
+
+@dataclass(frozen=True)
+class _ModelKeys:
+    arch: str
+    harder_negatives: bool = False
+    attention_pow: float | None = None
+
+
+# --------------------------------------------------------------------------------------------- the module
+def _retrieval_recall(model, batch: dict, item_emb, n: int):
+    """Sum of per-user Recall@n and the user count of one validation batch (float64 tensors)."""
+    import torch
+
+    from components.retrieval import topn
+
+    interests, interest_mask = model.user_interests(batch["history"], batch["mask"], batch["profile"])
+    _, items = topn(interests.float(), interest_mask, item_emb.float(), n, exclude=batch["exclude"])  # (B, n)
+    targets = batch["targets"]                                                                     # (B, T)
+    valid = targets > 0
+    hits = ((items.unsqueeze(2) == targets.unsqueeze(1)) & valid.unsqueeze(1)).sum(dim=(1, 2))      # (B,)
+    recall = hits.double() / valid.sum(1).clamp(min=1).double()
+    return recall.sum(), torch.tensor(float(len(recall)), dtype=torch.float64, device=recall.device)
+
+
+def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, weight_decay: float,
+              attention_pow: float | None, harder_negatives: bool, log_q: bool, in_batch: bool,
+              batch_sampler_q, seed: int):
+    """The LightningModule around ``model`` (Lightning is imported here, not at module import)."""
+    import pytorch_lightning as pl
+    import torch
+
+    from models.loss import sampled_softmax_loss
+
+    class RetrievalTask(pl.LightningModule):
+        """Sampled-softmax training and validation Recall@50 of one retrieval model (see module docstring)."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self._gen = None
+            self._reset_val()
+            self._loss_sum = torch.zeros((), dtype=torch.float64)
+            self._loss_count = 0
+            self.item_ids = None
+
+        def _reset_val(self):
+            self._val_sum = torch.zeros((), dtype=torch.float64)
+            self._val_count = torch.zeros((), dtype=torch.float64)
+
+        def on_fit_start(self):
+            self._gen = torch.Generator().manual_seed(seed * 1_000_003 + self.global_rank)
+
+        def training_step(self, batch, batch_idx):
+            interests, interest_mask = self.model.user_interests(batch["history"], batch["mask"],
+                                                                 batch["profile"])  # (B, K, D), (B, K)
+            pos = batch["target"]                                                      # (B,)
+            neg = sampler.sample(num_negatives, self._gen).to(pos.device)              # (S,)
+            ids = torch.cat([pos, neg])
+            emb = self.model.item_embeddings(ids)                                      # (B + S, D)
+            pos_emb, neg_emb = emb[: len(pos)], emb[len(pos):]
+            kw = {}
+            if log_q:
+                kw = {"pos_log_q": sampler.log_q(pos), "neg_log_q": sampler.log_q(neg)}
+            if in_batch:
+                kw["in_batch"] = True
+                kw["batch_log_q"] = batch_sampler_q.log_q(pos)
+            loss = sampled_softmax_loss(interests, interest_mask, pos, pos_emb, neg, neg_emb,
+                                        attention_pow=attention_pow, harder_negatives=harder_negatives, **kw)
+            self._loss_sum = self._loss_sum + loss.detach().double().cpu() * len(pos)
+            self._loss_count += len(pos)
+            self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                     batch_size=len(pos))
+            return loss
+
+        def on_validation_epoch_start(self):
+            self._reset_val()
+            ids = torch.arange(num_items, device=self.device)
+            self._item_emb = self.model.item_embeddings(ids)  # (N, D), once per validation
+
+        def validation_step(self, batch, batch_idx):
+            s, c = _retrieval_recall(self.model, batch, self._item_emb, VAL_TOPN)
+            self._val_sum += s.cpu()
+            self._val_count += c.cpu()
+
+        def on_validation_epoch_end(self):
+            dev = self.device
+            totals = torch.stack([self._val_sum, self._val_count,
+                                  self._loss_sum, torch.tensor(float(self._loss_count), dtype=torch.float64)])
+            totals = self.trainer.strategy.reduce(totals.to(dev), reduce_op="sum").cpu()  # exact across ranks
+            self._item_emb = None
+            metrics = {MONITOR: float(totals[0] / totals[1])}
+            if totals[3] > 0:
+                metrics["train/loss"] = float(totals[2] / totals[3])
+            # identical on every rank after the all-reduce; sync_dist (a mean of equal values) only silences
+            # Lightning's epoch-level DDP warning and keeps EarlyStopping's view the same everywhere
+            self.log_dict(metrics, prog_bar=True, sync_dist=True)
+            self._loss_sum = torch.zeros((), dtype=torch.float64)
+            self._loss_count = 0
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    return RetrievalTask()
+
+
+def make_timer():
+    """A callback timing training (data + steps) and validation separately, per epoch."""
+    import pytorch_lightning as pl
+    import torch
+
+    class EpochTimer(pl.Callback):
+        def __init__(self):
+            self.train_seconds: list[float] = []
+            self.val_seconds: list[float] = []
+            self._t = None
+
+        def _now(self, trainer):
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._t = self._now(trainer)
+
+        def on_validation_epoch_start(self, trainer, pl_module):
+            if self._t is not None:
+                self.train_seconds.append(self._now(trainer) - self._t)
+            self._t = self._now(trainer)
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.val_seconds.append(self._now(trainer) - self._t)
+            self._t = None
+
+    return EpochTimer()
+
+
+# ------------------------------------------------------------------------------------------------- run
+def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *, seed: int) -> dict:
+    """Train ``model`` on ``split_dir`` and write the outputs into ``out_dir`` (atomically, rank 0 only).
+
+    Args:
+        cfg: the ``train`` section (the variant's overrides are applied here).
+        model: the variant.
+        split_dir: a split directory (docs/CONTRACTS.md "Split").
+        out_dir: where best.ckpt, model.pt, logs/metrics.csv and train.json go.
+        seed: the global seed (weights, shuffling, negatives).
+    Returns:
+        the train.json summary (on every rank; only rank 0 writes files).
+    Raises:
+        DataError: unusable split files. ParamsError: bad hyper-parameters for the arch.
+    """
+    import pytorch_lightning as pl
+    import torch
+
+    import models as M
+    from components.train_data import load_split_meta
+
+    cfg = model.train_config(cfg)
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    meta = load_split_meta(split_dir)
+    hparams = {**model.hparams, "num_items": meta.num_items, "num_categories": meta.num_categories,
+               "profile_cardinalities": list(meta.profile_cardinalities), "max_len": cfg.max_len}
+    net = M.build_model(model.arch, **hparams)
+    M.set_item_category(net, meta.item_category)
+    extra_base = {
+        "variant": model.name, "num_items": meta.num_items, "num_categories": meta.num_categories,
+        "profile_fields": list(meta.profile_fields), "profile_cardinalities": list(meta.profile_cardinalities),
+        "max_len": cfg.max_len, "train": to_dict(cfg),
+        "model": {"arch": model.arch, "harder_negatives": model.harder_negatives,
+                  "attention_pow": model.attention_pow, "hparams": dict(model.hparams),
+                  "overrides": dict(model.overrides)},
+        "seed": seed,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        if not M.is_trainable(net):
+            summary = _fit_counts(cfg, net, meta, split_dir, staging, extra_base)
+            is_zero = True
+        else:
+            summary, is_zero = _fit(cfg, model, net, meta, split_dir, staging, extra_base, seed)
+        if is_zero:
+            from components.io import replace_dir
+
+            write_json(staging / "train.json", summary)
+            replace_dir(staging, out_dir)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, staging: Path,
+         extra_base: dict, seed: int) -> tuple[dict, bool]:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger
+
+    import models as M
+    from components.train_data import SplitDataModule
+    from models.loss import NegativeSampler
+
+    sampler_counts = meta.item_counts if cfg.sampler != "uniform" else meta.num_items
+    sampler = NegativeSampler(cfg.sampler, sampler_counts)
+    task = make_task(net, sampler, num_items=meta.num_items, num_negatives=cfg.num_negatives, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, attention_pow=model.attention_pow,
+                     harder_negatives=model.harder_negatives, log_q=cfg.sampler != "uniform",
+                     in_batch=cfg.in_batch_negatives,
+                     batch_sampler_q=NegativeSampler("popularity", meta.item_counts), seed=seed)
+    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    dm = SplitDataModule(split_dir, meta, max_len=cfg.max_len, batch_size=cfg.batch_size,
+                         eval_batch_size=cfg.eval_batch_size, seed=seed, num_workers=cfg.num_workers,
+                         pin_memory=on_gpu)
+    checkpoint = ModelCheckpoint(dirpath=staging / "ckpt", filename="best", monitor=MONITOR, mode="max", save_top_k=1,
+                                 save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
+    stopping = EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience)
+    timer = make_timer()
+    callbacks = [checkpoint, stopping, timer]
+    if cfg.progress_refresh > 0:
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.progress_refresh))
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+        precision=cfg.precision, max_epochs=cfg.max_epochs, deterministic=cfg.deterministic,
+        logger=CSVLogger(save_dir=staging, name="logs", version=""), callbacks=callbacks,
+        default_root_dir=staging, use_distributed_sampler=False, num_sanity_val_steps=0,
+        enable_progress_bar=cfg.progress_refresh > 0, enable_model_summary=False, log_every_n_steps=50,
+    )
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # we log nothing per step to the logger, so Lightning's logging-interval hint is noise
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        trainer.fit(task, datamodule=dm)
+    wall = time.perf_counter() - t0
+    is_zero = trainer.is_global_zero
+    best = checkpoint.best_model_score
+    best = float(best) if best is not None else float("nan")
+    epochs = len(timer.val_seconds)
+    n_train = len(dm.train_set)
+    train_s = sum(timer.train_seconds)
+    summary = {
+        "variant": extra_base["variant"], "arch": extra_base["model"]["arch"],
+        f"best_{MONITOR.replace('/', '_')}": best,
+        "best_epoch": None,
+        "epochs": epochs,
+        "stopped_early": bool(stopping.stopped_epoch > 0),
+        "train_samples": n_train,
+        "world_size": trainer.world_size,
+        "samples_per_s": n_train * len(timer.train_seconds) / train_s if train_s > 0 else float("nan"),
+        "seconds_per_epoch": train_s / max(len(timer.train_seconds), 1),
+        "val_seconds_per_epoch": sum(timer.val_seconds) / max(epochs, 1),
+        "wall_seconds": wall,
+        **_peak_memory(on_gpu),
+    }
+    if is_zero:
+        os.replace(staging / "ckpt" / "best.ckpt", staging / "best.ckpt")
+        shutil.rmtree(staging / "ckpt")
+        ckpt = torch.load(staging / "best.ckpt", map_location="cpu", weights_only=False)
+        summary["best_epoch"] = int(ckpt["epoch"])
+        state = ckpt["state_dict"]
+        net.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        extra = {**extra_base, f"best_{MONITOR.replace('/', '_')}": best, "best_epoch": summary["best_epoch"]}
+        M.save_model(net.cpu(), staging / "model.pt", extra=extra)
+        for junk in (staging / "logs" / "hparams.yaml",):
+            junk.unlink(missing_ok=True)
+    return summary, is_zero
+
+
+def _peak_memory(on_gpu: bool) -> dict:
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "peak_gpu_mb": None}
+    if on_gpu:
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _fit_counts(cfg: TrainConfig, net, meta, split_dir: Path, staging: Path, extra_base: dict) -> dict:
+    """MostPopular: 'training' is counting; validate once and write the same outputs as a Lightning run."""
+    import csv
+
+    import numpy as np
+    import torch
+
+    import models as M
+    from components.train_data import EvalUsers
+
+    t0 = time.perf_counter()
+    net.fit_counts(meta.item_counts)
+    fit_s = time.perf_counter() - t0
+    valid = EvalUsers(split_dir / "valid.parquet", meta, cfg.max_len)
+    t0 = time.perf_counter()
+    total, count = 0.0, 0.0
+    item_emb = net.item_embeddings(torch.arange(meta.num_items))
+    with torch.no_grad():
+        for start in range(0, len(valid), cfg.eval_batch_size):
+            s, c = _retrieval_recall(net, valid[np.arange(start, min(start + cfg.eval_batch_size, len(valid)))],
+                                     item_emb, VAL_TOPN)
+            total, count = total + float(s), count + float(c)
+    val_s = time.perf_counter() - t0
+    recall = total / count if count else float("nan")
+    key = f"best_{MONITOR.replace('/', '_')}"
+    (staging / "logs").mkdir()
+    with open(staging / "logs" / "metrics.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "step", "train/loss", MONITOR])
+        writer.writerow([0, 0, "", recall])
+    # same key layout as a Lightning checkpoint of RetrievalTask (state_dict keys prefixed "model.")
+    torch.save({"epoch": 0, "global_step": 0,
+                "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}},
+               staging / "best.ckpt")
+    M.save_model(net, staging / "model.pt", extra={**extra_base, key: recall, "best_epoch": 0})
+    return {"variant": extra_base["variant"], "arch": extra_base["model"]["arch"], key: recall,
+            "best_epoch": 0, "epochs": 1, "stopped_early": False,
+            "train_samples": int(meta.item_counts.sum()), "world_size": 1,
+            "samples_per_s": float(meta.item_counts.sum()) / fit_s if fit_s > 0 else float("nan"),
+            "seconds_per_epoch": fit_s, "val_seconds_per_epoch": val_s, "wall_seconds": fit_s + val_s,
+            **_peak_memory(False)}
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m components.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--model", required=True, help="model variant: a key of models: in params")
+    parser.add_argument("--split", type=Path, default=Path("data/split"), help="split directory")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params)
+        cfg = section(params, "train", TrainConfig)
+        variant = ModelConfig.from_params(params, args.model)
+        seed = params.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ParamsError(f"seed: expected a non-negative integer, got {seed!r}")
+        summary = run(cfg, variant, args.split, args.out, seed=seed)
+        from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank != 0:  # DDP: every rank runs this CLI; one line is enough
+            return
+        key = f"best_{MONITOR.replace('/', '_')}"
+        print(f"{args.model}: {MONITOR} {summary[key]:.4f} after {summary['epochs']} epoch(s), "
+              f"{summary['samples_per_s']:.0f} samples/s -> {args.out}")
+
+    cli_main(body)
+
+
+if __name__ == "__main__":
+    main()
