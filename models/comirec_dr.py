@@ -60,10 +60,10 @@ def capsnet_routing(predictions: torch.Tensor, mask: torch.Tensor, iters: int) -
     for it in range(iters):
         last = it == iters - 1
         coupling = torch.softmax(logits, dim=1) * real  # line 3, eq. (3): over interests; padding -> 0
-        s = torch.einsum("bkl,bkld->bkd", coupling, predictions if last else fixed)  # line 4, eq. (2)
+        s = (coupling.unsqueeze(2) @ (predictions if last else fixed)).squeeze(2)  # line 4, eq. (2): (B, K, D)
         capsules = squash(s)  # line 5, eq. (4)
         if not last:
-            logits = logits + torch.einsum("bkd,bkld->bkl", capsules, fixed)  # line 6: b_ij += v_j^T W_ij e_i
+            logits = logits + (fixed @ capsules.unsqueeze(-1)).squeeze(-1)  # line 6: b_ij += v_j^T W_ij e_i
     return capsules, coupling
 
 
@@ -117,8 +117,11 @@ class ComiRecDR(nn.Module):
             raise ValueError(f"history length {history.shape[1]} > max_len {self.max_len}")
         recent, rmask = recency_order(history, mask)
         e = self.items(recent)  # (B, L, D), newest first
-        maps = self.maps[: history.shape[1]]  # (L, K, D, D)
-        predictions = torch.einsum("lkoi,bli->bklo", maps, e)  # eq. (1): e_hat_{j|i} = W_ij e_i, (B, K, L, D)
+        maps = self.maps[: history.shape[1]]  # (L, K, D_out, D_in)
+        L, K, D = maps.shape[0], maps.shape[1], maps.shape[2]
+        # eq. (1): e_hat_{j|i} = W_ij e_i as one batched matmul over positions: (L, B, D) @ (L, D, K*D)
+        predictions = e.transpose(0, 1) @ maps.reshape(L, K * D, D).transpose(1, 2)  # (L, B, K * D)
+        predictions = predictions.unflatten(-1, (K, D)).permute(1, 2, 0, 3).contiguous()  # (B, K, L, D)
         return capsnet_routing(predictions, rmask, self.routing_iters)
 
     def user_interests(self, history: torch.Tensor, mask: torch.Tensor,

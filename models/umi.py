@@ -61,10 +61,10 @@ def dual_attention_routing(transformed: torch.Tensor, attention: torch.Tensor, m
         last = it == iters - 1
         coupling = torch.softmax(logits, dim=1) * real  # line 6, eq. (4): over interests
         weights = coupling * (a if last else a_fixed)  # a_i c_ij, (B, K, L)
-        z = torch.einsum("bkl,bkld->bkd", weights, transformed if last else fixed)  # eq. (3)
+        z = (weights.unsqueeze(2) @ (transformed if last else fixed)).squeeze(2)  # eq. (3): (B,K,1,L)@(B,K,L,D)
         capsules = squash(z)  # line 7, eq. (6)
         if not last:
-            logits = torch.einsum("bkld,bkd->bkl", fixed, capsules)  # line 8, eq. (5): b_ij = (W_j e_i)^T v_j
+            logits = (fixed @ capsules.unsqueeze(-1)).squeeze(-1)  # line 8, eq. (5): b_ij = (W_j e_i)^T v_j, (B, K, L)
     return capsules, coupling
 
 
@@ -160,7 +160,9 @@ class UMI(nn.Module):
         e = self.items(history)  # (B, L, D)
         e_u = self.profile(profile)  # (B, C * P)
         a = self.user_attention(e, e_u) if attention is None else attention
-        transformed = torch.einsum("kod,bld->bklo", self.maps, e)  # W_j e_i, (B, K, L, D)
+        K, D = self.maps.shape[0], self.maps.shape[1]
+        transformed = (e @ self.maps.reshape(K * D, D).T).unflatten(-1, (K, D))  # W_j e_i, (B, L, K, D)
+        transformed = transformed.permute(0, 2, 1, 3).contiguous()  # (B, K, L, D)
         caps, c = dual_attention_routing(transformed, a, mask, self.initial_logits(history), self.routing_iters)
         return caps, c, a * mask.to(a.dtype)
 
