@@ -37,5 +37,11 @@ def data_hparams(profile=PROFILE) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Fixed seed; one intra-op thread (these tensors are tiny, and on a loaded 2-core machine OpenMP
+    barriers make multi-threaded tiny ops 10x slower). The previous thread count is restored."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

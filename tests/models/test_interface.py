@@ -161,3 +161,25 @@ def test_youtube_dnn_mean_pools_masked_behaviours():
     perm = history.clone()
     perm[0, :3] = history[0, [2, 0, 1]]
     assert torch.allclose(a, model.user_interests(perm, mask, prof)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", sorted(NEURAL))
+def test_a_few_adam_steps_fit_a_tiny_batch(arch):
+    model = _build(arch).train()
+    history, mask, prof = make_batch(batch=16, seed=8)
+    pos = history[:, 0]  # predict the first behaviour: learnable from the history
+    neg = torch.arange(1, NUM_ITEMS)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+
+    def loss_fn():
+        interests, imask = model.user_interests(history, mask, prof)
+        return sampled_softmax_loss(interests, imask, pos, model.item_embeddings(pos), neg,
+                                    model.item_embeddings(neg), attention_pow=None, harder_negatives=False)
+
+    first = float(loss_fn())
+    for _ in range(40):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    assert float(loss_fn()) < 0.5 * first, (first, float(loss_fn()))
