@@ -124,6 +124,14 @@ class ComiRecDR(nn.Module):
         predictions = predictions.unflatten(-1, (K, D)).permute(1, 2, 0, 3).contiguous()  # (B, K, L, D)
         return capsnet_routing(predictions, rmask, self.routing_iters)
 
+    def coupling_coefficients(self, history: torch.Tensor, mask: torch.Tensor,
+                              profile: torch.Tensor) -> torch.Tensor:
+        """Final coupling coefficients c_ij (B, K, L) mapped back to the history positions (0 at padding)."""
+        c = self.capsules(history, mask)[1]  # newest-first positions
+        t = torch.arange(history.shape[1], device=history.device).unsqueeze(0)  # (1, L)
+        src = (mask.sum(1, keepdim=True) - 1 - t).clamp(min=0)  # history position t <- recency n-1-t
+        return c.gather(2, src.unsqueeze(1).expand_as(c)) * mask.unsqueeze(1).to(c.dtype)
+
     def user_interests(self, history: torch.Tensor, mask: torch.Tensor,
                        profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L), (B, C) -> interests V_u (B, K, D), interest_mask (B, K) all True."""

@@ -85,6 +85,11 @@ class ComiRecSA(nn.Module):
         scores = scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=1), h  # eq. (6): softmax over behaviours
 
+    def coupling_coefficients(self, history: torch.Tensor, mask: torch.Tensor,
+                              profile: torch.Tensor) -> torch.Tensor:
+        """Attention A^T (B, K, L) aligned with the history positions (0 at padding), for heatmaps."""
+        return self.attention(history, mask)[0].transpose(1, 2)
+
     def user_interests(self, history: torch.Tensor, mask: torch.Tensor,
                        profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L), (B, C) -> interests V_u (B, K, D), interest_mask (B, K) all True."""

@@ -174,6 +174,12 @@ class MIND(nn.Module):
         caps, w = b2i_routing(behaviours, mask, imask, self.initial_logits(history), self.routing_iters)
         return caps, w, imask
 
+    def coupling_coefficients(self, history: torch.Tensor, mask: torch.Tensor,
+                              profile: torch.Tensor) -> torch.Tensor:
+        """Final routing weights w_ij (B, K, L) aligned with the history positions (for MIND Fig. 5 heatmaps);
+        0 at padding and for inactive capsules."""
+        return self.capsules(history, mask)[1]
+
     def user_interests(self, history: torch.Tensor, mask: torch.Tensor,
                        profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L), (B, C) -> interests (B, K, D) (zero where masked), interest_mask (B, K)."""

@@ -176,6 +176,11 @@ class UMI(nn.Module):
             e_u_k = (d.unsqueeze(-1) * fields).flatten(2)  # eq. (8): Concat(d_kc e_u^(c)), (B, K, C * P)
         return self.refine(torch.cat([e_u_k, caps], dim=-1))  # eq. (9): o_u^k = MLP([e_u^k, v_k])
 
+    def coupling_coefficients(self, history: torch.Tensor, mask: torch.Tensor,
+                              profile: torch.Tensor) -> torch.Tensor:
+        """Final clustering probabilities c_ij (B, K, L) aligned with the history positions (0 at padding)."""
+        return self.capsules(history, mask, profile)[1]
+
     def user_interests(self, history: torch.Tensor, mask: torch.Tensor,
                        profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L), (B, C) -> interests O_u (B, K, D), interest_mask (B, K) all True."""

@@ -183,3 +183,25 @@ def test_a_few_adam_steps_fit_a_tiny_batch(arch):
         loss.backward()
         opt.step()
     assert float(loss_fn()) < 0.5 * first, (first, float(loss_fn()))
+
+
+@pytest.mark.parametrize("arch", ["mind", "comirec_dr", "comirec_sa", "umi"])
+def test_coupling_coefficients_follow_history_positions(arch):
+    model = _build(arch).eval()
+    history, mask, prof = make_batch(lengths=[3, 8, 5], seed=9)
+    w = model.coupling_coefficients(history, mask, prof)
+    assert w.shape == (3, model.config["num_interests"], history.shape[1])
+    assert (w.permute(0, 2, 1)[~mask] == 0).all()
+    # reversing the real behaviours reverses the columns (routing models: coupling is per item, not per slot)
+    if arch in ("mind", "umi"):
+        rev = history.clone()
+        for b in range(3):
+            n = int(mask[b].sum())
+            rev[b, :n] = history[b, :n].flip(0)
+        w_rev = model.coupling_coefficients(rev, mask, prof)
+        for b in range(3):
+            n = int(mask[b].sum())
+            assert torch.allclose(w_rev[b, :, :n], w[b, :, :n].flip(-1), atol=1e-5)
+    if arch == "comirec_dr":  # mapped back from newest-first order
+        c = model.capsules(history, mask)[1]
+        assert torch.allclose(w[0, :, :3], c[0, :, :3].flip(-1))
