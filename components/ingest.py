@@ -267,8 +267,7 @@ def _items_from_interactions(item_ids, categories=None):
 
     if categories is None:
         ids = pc.unique(item_ids)
-        return pa.table({"item_id": ids, "category": pa.array([UNKNOWN] * len(ids), pa.string())}) \
-            .sort_by("item_id")
+        return pa.table({"item_id": ids, "category": pa.repeat(UNKNOWN, len(ids))}).sort_by("item_id")
     cat = _strings(categories)
     cat = pc.if_else(pc.fill_null(pc.equal(pc.utf8_length(cat), 0), True), UNKNOWN, cat)
     counts = pa.table({"item_id": item_ids, "category": cat}).group_by(["item_id", "category"]) \
