@@ -448,3 +448,13 @@ def test_cli_default_run_writes_tables(tmp_path):
     res = _cli("--params", "params.yaml", "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["interactions"] == 2
+
+
+def test_cli_fetch_as_make_data_calls_it(ml100k_raw, tmp_path):
+    dest = tmp_path / "data" / "raw" / "ml-100k"
+    shutil.copytree(ml100k_raw, dest)
+    (dest / ".verified").unlink()
+    res = _cli("fetch", "--dest", str(dest), "--cache", str(tmp_path / "empty-cache"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "verified (present)" in res.stdout
+    assert json.loads((dest / ".verified").read_text())["files"] == ingest.ML100K_FILES
