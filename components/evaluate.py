@@ -22,7 +22,7 @@ large and must be visible. Keys ``<split>.<metric>@N`` and ``..._ci_low`` / ``..
 
 Also: ComiRec's controllable aggregation (§3.3) at ``diversity_lambda`` for the main numbers, a λ sweep on the
 test users (ComiRec Table 5), the same metrics through a faiss index as a check (gap reported), DVC plots
-(Recall@N curve, λ trade-off, training curves, MIND Fig. 5 coupling heatmaps when the model exposes them) as
+(Recall@N curve, λ trade-off, training curves, MIND Fig. 5 coupling heatmaps for routing models) as
 CSV + PNG, and :func:`report`, a Markdown table of all variants side by side (ComiRec Table 3).
 
 Choices the papers leave open:
@@ -565,27 +565,58 @@ def _training_curve(path: Path):
     return out
 
 
+def coupling_weights(model, history, mask, profile):
+    """Coupling coefficients (B, K, L), aligned with the history positions, of a routing model, else None.
+
+    Uses ``model.coupling_coefficients(history, mask, profile)`` when the model defines it; otherwise the
+    routing outputs of the known archs: MIND ``capsules(h, m)[1]``, UMI ``capsules(h, m, p)[1]``,
+    ComiRec-DR ``capsules(h, m)[1]`` (newest-first positions, mapped back to history order).
+    """
+    import torch
+
+    fn = getattr(model, "coupling_coefficients", None)
+    if fn is not None:
+        return fn(history, mask, profile)
+    try:
+        from models import arch_of
+
+        arch = arch_of(model)
+    except TypeError:
+        return None
+    if arch == "mind":
+        return model.capsules(history, mask)[1]
+    if arch == "umi":
+        return model.capsules(history, mask, profile)[1]
+    if arch == "comirec_dr":
+        w = model.capsules(history, mask)[1]  # (B, K, L) over newest-first positions
+        lengths = mask.sum(1, keepdim=True)  # (B, 1)
+        t = torch.arange(history.shape[1]).unsqueeze(0)  # (1, L)
+        src = (lengths - 1 - t).clamp(min=0)  # history position t <- recency position len-1-t
+        out = w.gather(2, src.unsqueeze(1).expand_as(w))
+        return out * mask.unsqueeze(1).to(out.dtype)
+    return None
+
+
 def _coupling(model, res: dict[str, Any], num_users: int, max_len: int) -> dict[str, Any] | None:
-    """Coupling coefficients (B, K, L) of a few test users when the model exposes
-    ``coupling_coefficients(history, mask, profile)`` (MIND/ComiRec-DR/UMI routing), else None.
-    The users drawn are the ``num_users`` test users with the longest histories (ties: lower user_idx)."""
+    """Coupling coefficients of a few test users for the MIND Fig. 5 heatmap, or None for models without
+    routing. The users drawn are the ``num_users`` test users with the longest histories (ties: lower
+    user_idx); columns are their most recent ``max_len`` behaviours labelled by category."""
     import torch
 
     from components.retrieval import pad_histories
 
-    fn = getattr(model, "coupling_coefficients", None)
-    if fn is None or num_users == 0:
-        return None
     users: EvalUsers = res["users"]["test"]
     cat: Catalogue = res["catalogue"]
-    if len(users) == 0:
+    if num_users == 0 or len(users) == 0:
         return None
     lengths = np.array([len(h) for h in users.history])
     pick = np.lexsort((users.user_idx, -lengths))[:num_users]
     history, mask = pad_histories([users.history[i] for i in pick], max_len)
     profile = torch.from_numpy(np.array(users.profile[pick], dtype=np.int64))
     with torch.no_grad():
-        w = fn(history, mask, profile)  # (B, K, L)
+        w = coupling_weights(model, history, mask, profile)  # (B, K, L)
+        if w is None:
+            return None
         _, imask = model.user_interests(history, mask, profile)
     out = []
     for b, i in enumerate(pick):

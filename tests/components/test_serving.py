@@ -1,0 +1,152 @@
+"""Serving: answers equal evaluate's for the same users, requests are validated, A/B bucketing is stable."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import evaluate as E
+from components.export import ExportPaths, build_bundle
+from components.serving import ABSpec, Recommender, RequestError
+from test_evaluate import ROOT, _cfg, make_split, save_random_model
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A random-init MIND (dynamic K: masked interests) evaluated and exported."""
+    root = tmp_path_factory.mktemp("serving")
+    split = make_split(root / "split", num_items=61, num_categories=6, num_users=80, min_len=3, max_len=12)
+    save_random_model(split, root / "models" / "mind", arch="mind", max_len=8, num_interests=3)
+    m = E.run(_cfg(topn=[5, 20], faiss_check=False, lambda_sweep=[]), split, root / "models" / "mind",
+              root / "eval" / "mind", max_len=8, seed=0)
+    m_div = E.run(_cfg(topn=[5, 20], faiss_check=False, lambda_sweep=[], diversity_lambda=0.3), split,
+                  root / "models" / "mind", root / "eval" / "mind_div", max_len=8, seed=0)
+    paths = ExportPaths(models_dir=root / "models", eval_dir=root / "eval", index_dir=root / "index",
+                        split_dir=split, bundles_dir=root / "bundles")
+    b = build_bundle("mind", paths, {}, m, {"passed": True}, "test-version")
+    return {"root": root, "split": split, "bundle": b, "metrics": m, "metrics_div": m_div}
+
+
+def _users(split):
+    cat = E.load_catalogue(split)
+    vocab = json.loads((split / "vocab.json").read_text())
+    out = []
+    for s in ("valid", "test"):
+        users = E.load_users(split, s, cat)
+        for i in range(len(users)):
+            prof = {f: vocab["profile_values"][f][int(j)] if int(j) else None
+                    for f, j in zip(cat.profile_fields, users.profile[i])}
+            out.append((str(users.user_id[i]), [str(cat.item_ids[k]) for k in users.history[i]], prof))
+    return out
+
+
+@pytest.mark.parametrize("which,lam", [("mind", 0.0), ("mind_div", 0.3)])
+def test_answers_match_evaluate_exactly(bundle, which, lam):
+    rec = Recommender.load(bundle["bundle"])
+    per_user = pd.read_parquet(bundle["root"] / "eval" / which / "per_user.parquet").set_index("user_id")
+    users = _users(bundle["split"])
+    assert len(users) == len(per_user)
+    for uid, hist, prof in users:
+        got = rec.recommend(hist, prof, n=20, diversity_lambda=lam)
+        assert [i for i, _ in got] == list(per_user.loc[uid, "recommended"]), uid
+    # the batch path gives the same lists as one request at a time
+    batch = rec.recommend_batch([h for _, h, _ in users], [p for _, _, p in users], 20, lam)
+    assert [[i for i, _ in r] for r in batch] == [list(per_user.loc[u, "recommended"]) for u, _, _ in users]
+    assert rec.stats["unknown_items"] == 0 and rec.stats["fallbacks"] == 0
+
+
+def test_faiss_path_equals_exact_for_flat_bundle(bundle):
+    exact = Recommender.load(bundle["bundle"])
+    via_index = Recommender.load(bundle["bundle"], use_index=True)
+    for _, hist, prof in _users(bundle["split"])[:10]:
+        a = exact.recommend(hist, prof, n=10)
+        b = via_index.recommend(hist, prof, n=10)
+        assert [i for i, _ in a] == [i for i, _ in b]
+        assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+
+
+def test_unknown_items_ignored_and_counted_and_popular_fallback(bundle):
+    rec = Recommender.load(bundle["bundle"])
+    _, hist, prof = _users(bundle["split"])[0]
+    clean = rec.recommend(hist, prof, n=10)
+    noisy = rec.recommend(["nope-1", *hist, "nope-2"], prof, n=10)
+    assert noisy == clean
+    assert rec.stats["unknown_items"] == 2
+    items = pd.read_parquet(bundle["split"] / "items.parquet")
+    expected = items.sort_values(["train_count", "item_idx"], ascending=[False, True]).item_id.head(5).tolist()
+    for history in ([], ["nope-3"]):
+        got = rec.recommend(history, None, n=5)
+        assert [i for i, _ in got] == expected
+        assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+    assert rec.stats["fallbacks"] == 2 and rec.stats["unknown_items"] == 3
+    # ints are accepted as ids; history items are never recommended back; n larger than the catalogue is capped
+    ids = [int(h[1:]) for h in hist]  # "m<7 i>" ids are not ints: all unknown -> fallback
+    assert rec.recommend(ids, None, n=3) == rec.recommend([], None, n=3)
+    full = rec.recommend(hist, prof, n=10_000)
+    assert len(full) == rec.num_items - len(set(hist)) and not {i for i, _ in full} & set(hist)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(history_item_ids="m7"), "history_item_ids must be a list"),
+    (dict(history_item_ids=["m7", None]), r"history_item_ids\[1\]"),
+    (dict(history_item_ids=["m7", True]), r"history_item_ids\[1\]"),
+    (dict(history_item_ids=["m7"], n=0), "n must be a positive integer"),
+    (dict(history_item_ids=["m7"], n="5"), "n must be a positive integer"),
+    (dict(history_item_ids=["m7"], diversity_lambda=-0.1), "diversity_lambda"),
+    (dict(history_item_ids=["m7"], diversity_lambda=float("nan")), "diversity_lambda"),
+    (dict(history_item_ids=["m7"], profile={"age": "18"}), r"profile: unknown field\(s\) \['age'\]"),
+    (dict(history_item_ids=["m7"], profile=["F"]), "profile must be a mapping"),
+])
+def test_malformed_requests_get_clear_errors(bundle, kwargs, match):
+    rec = Recommender.load(bundle["bundle"])
+    with pytest.raises(RequestError, match=match):
+        rec.recommend(**kwargs)
+
+
+def test_unknown_profile_value_is_unk(bundle):
+    rec = Recommender.load(bundle["bundle"])
+    _, hist, _ = _users(bundle["split"])[0]
+    assert rec.recommend(hist, {"gender": "X"}, n=5) == rec.recommend(hist, {"gender": None}, n=5)
+    assert rec.stats["unknown_profile_values"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------ A/B
+def test_ab_bucketing_is_sha256_of_salt_and_user_and_splits_traffic():
+    spec = ABSpec(salt="s1", num_buckets=1000, treatment_share=0.1)
+    digest = hashlib.sha256("s1\x1fuser-42".encode()).digest()
+    assert spec.bucket("user-42") == int.from_bytes(digest[:8], "big") % 1000
+    arms = [spec.assign(f"u{i}") for i in range(20000)]
+    share = arms.count("treatment") / len(arms)
+    assert abs(share - 0.1) < 0.01  # binomial sd = 0.002
+    other = ABSpec(salt="s2", num_buckets=1000, treatment_share=0.1)
+    assert [other.assign(f"u{i}") for i in range(2000)] != arms[:2000]  # the salt re-randomises
+    assert {ABSpec(salt="s", num_buckets=10, treatment_share=0.0).assign(f"u{i}") for i in range(100)} == {"control"}
+    assert {ABSpec(salt="s", num_buckets=10, treatment_share=1.0).assign(f"u{i}") for i in range(100)} == {"treatment"}
+    with pytest.raises(ValueError, match="treatment_share"):
+        ABSpec(salt="s", num_buckets=10, treatment_share=1.5)
+
+
+def test_ab_assignment_is_stable_across_processes(tmp_path):
+    spec = ABSpec(salt="mir-ab-2026", num_buckets=10000, treatment_share=0.3,
+                  control={"bundle": "a"}, treatment={"bundle": "b"})
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(spec.to_dict()))
+    ids = [f"user{i}" for i in range(300)] + [str(i) for i in range(300)]
+    code = ("import json, sys\nfrom components.serving import ABSpec\n"
+            "spec = ABSpec.load(sys.argv[1])\n"
+            "print(json.dumps([spec.assign(u) for u in json.loads(sys.argv[2])]))")
+    results = []
+    for hashseed in ("1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        r = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(ids)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, check=True)
+        results.append(json.loads(r.stdout))
+    here = [spec.assign(u) for u in ids]
+    assert results[0] == results[1] == here
+    assert 0 < here.count("treatment") < len(ids)
