@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,8 @@ REQUIRED = {
     "users": {"user_id": "str"},
 }
 OPTIONAL = {"interactions": {"behavior": "str"}, "items": {}, "users": {}}
+# Foreign-key suites: suite name -> (key column of interactions, table that must hold every key).
+REFERENCES = {"interactions_item_refs": ("item_id", "items"), "interactions_user_refs": ("user_id", "users")}
 PARTIAL_UNEXPECTED_COUNT = 5  # offending values kept per expectation (result.json, Data Docs, summary)
 DOCS_SITE = "validation_docs"  # our Data Docs site; the ephemeral context's default `local_site` is not used
 EXIT_VALIDATION_FAILED = 1
@@ -121,18 +122,20 @@ def run(cfg: ValidateConfig, data_dir: Path, out_dir: Path) -> dict[str, Any]:
 # --- suites ---------------------------------------------------------------------------------------------
 
 def _build_suites(cfg: ValidateConfig, frames: dict) -> tuple[dict, dict, list]:
-    """Expectations per suite, the dataframe each suite runs on, and the checks skipped for missing columns.
+    """Expectations per suite, the dataframe each suite runs on, and the checks not built.
 
     Returns:
-        batches: suite name -> (table it describes, dataframe);
-        suites: suite name -> list of GX expectations, in report order;
-        skipped: [{"suite", "table", "column", "reason"}] for column checks not built.
+        batches: suite name -> the dataframe it runs on;
+        suites: suite name -> list of GX expectations, in report order (GX assigns each an ``id`` when
+            the suite is added, which maps results back: GX returns them grouped by metric);
+        skipped: [{"suite", "table", "column", "kind", "reason"}] for checks not built: ``missing_column``
+            (the column's ExpectColumnToExist fails) or ``no_profile`` (users holds ``user_id`` only).
     """
     import great_expectations as gx
 
     E = gx.expectations
     suites: dict[str, list] = {}
-    batches: dict[str, tuple[str, Any]] = {}
+    batches: dict[str, Any] = {}
     skipped: list[dict[str, str]] = []
 
     def column_checks(table: str, df, column: str, dtype: str, required: bool) -> list:
@@ -140,7 +143,7 @@ def _build_suites(cfg: ValidateConfig, frames: dict) -> tuple[dict, dict, list]:
         out = [E.ExpectColumnToExist(column=column)] if required else []
         if not present:
             if required:
-                skipped.append({"suite": table, "table": table, "column": column,
+                skipped.append({"suite": table, "table": table, "column": column, "kind": "missing_column",
                                 "reason": "column missing: its type/null/range checks were not run"})
             return out
         out.append(E.ExpectColumnValuesToBeOfType(column=column, type_=dtype))
@@ -177,25 +180,24 @@ def _build_suites(cfg: ValidateConfig, frames: dict) -> tuple[dict, dict, list]:
                 exps += [E.ExpectColumnValuesToNotBeNull(column="category"),
                          E.ExpectColumnValuesToNotMatchRegex(column="category", regex=r"^\s*$")]
         suites[table] = exps
-        batches[table] = (table, df)
+        batches[table] = df
 
     inter = frames["interactions"]
-    refs = [("item_id", "items")]
-    profile = [c for c in frames["users"].columns if c != "user_id"]
-    if profile:
-        refs.append(("user_id", "users"))
-    for key, table in refs:
-        name = f"interactions_{key.split('_')[0]}_refs"
+    for name, (key, table) in REFERENCES.items():
+        if table == "users" and not [c for c in frames["users"].columns if c != "user_id"]:
+            skipped.append({"suite": name, "table": "interactions", "column": key, "kind": "no_profile",
+                            "reason": "users has no profile columns: interaction users are not matched to users"})
+            continue
         if key not in inter.columns or key not in frames[table].columns:
-            skipped.append({"suite": name, "table": "interactions", "column": key,
-                            "reason": f"column missing: '{key}' of interactions could not be matched to {table}"})
+            skipped.append({"suite": name, "table": "interactions", "column": key, "kind": "missing_column",
+                            "reason": f"column missing: {key} of interactions could not be matched to {table}"})
             continue
         matched = f"{table}_{key}"
         suites[name] = [E.ExpectColumnPairValuesToBeEqual(
             column_A=key, column_B=matched,
             description=(f"Every {key} of interactions is present in {table}.{key} (one row per distinct "
                          f"interaction {key}; {matched} is null where the left join finds no match)."))]
-        batches[name] = ("interactions", _reference_table(inter[key], frames[table][key], key, matched))
+        batches[name] = _reference_table(inter[key], frames[table][key], key, matched)
     return batches, suites, skipped
 
 
@@ -232,7 +234,6 @@ def _arrow_strings(column):
 
 def _context(docs_dir: Path):
     """An ephemeral GX context: in-memory stores, no analytics, no progress bars, Data Docs in ``docs_dir``."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # belt and braces; the config below decides
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -287,7 +288,7 @@ def _run_checkpoints(batches: dict, suites: dict, docs_dir: Path) -> dict:
     result_format = {"result_format": "BASIC", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT}
     results = {}
     for name, expectations in suites.items():
-        _, df = batches[name]
+        df = batches[name]
         batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         definition = context.validation_definitions.add(
@@ -298,8 +299,6 @@ def _run_checkpoints(batches: dict, suites: dict, docs_dir: Path) -> dict:
         with _no_batch_fingerprint():
             outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
         (results[name],) = outcome.run_results.values()
-        # Keep the suite in report order: GX returns results grouped by metric, not in suite order.
-        suites[name] = list(suite.expectations)
     return results
 
 
@@ -311,7 +310,7 @@ def _report(cfg: ValidateConfig, data_dir: Path, frames: dict, suites: dict, res
     expectations = []
     for name, suite in suites.items():
         by_id = {r.expectation_config.id: r for r in results[name].results}
-        table = name if name in TABLES else "interactions"
+        table = name if name in TABLES else "interactions"  # foreign-key suites describe interactions
         for exp in suite:
             r = by_id.get(exp.id)
             if r is None:  # every expectation of a suite yields exactly one result
@@ -389,21 +388,27 @@ def _summary(report: dict[str, Any], out_dir: Path) -> str:
             continue
         args = ", ".join(f"{k}={v!r}" for k, v in e["kwargs"].items())
         line = f"  - {e['suite']}: {e['expectation_type']}({args})"
-        if e["error"]:
+        if e["expectation_type"] == "expect_column_to_exist":
+            line += f": column missing (found {report['tables'][e['table']]['columns']})"
+        elif e["error"]:
             line += f": error: {e['error'].splitlines()[0][:200]}"
         elif e["unexpected_count"] is not None:
             values = e["partial_unexpected_list"] or []
-            if e["expectation_type"] == "expect_column_pair_values_to_be_equal":
+            if e["suite"] in REFERENCES:
+                key, table = REFERENCES[e["suite"]]
                 values = [v[0] if isinstance(v, list) else v for v in values]  # the unmatched ids
-            line += (f": {e['unexpected_count']} of {e['element_count']} unexpected "
-                     f"({e['unexpected_percent'] or 0:.3g}%)")
+                what = f"distinct {key} values of interactions are not in {table}"
+            else:
+                what = f"rows unexpected ({e['unexpected_percent'] or 0:.3g}%)"
+            line += f": {e['unexpected_count']} of {e['element_count']} {what}"
             if values:
                 line += f", e.g. {', '.join(repr(v) for v in values)}"
         else:
             line += f": observed {e['observed_value']!r}"
         lines.append(line)
     for s in report["skipped"]:
-        lines.append(f"  - {s['suite']}: not checked: {s['reason']} (column {s['column']!r})")
+        if s["kind"] == "missing_column":
+            lines.append(f"  - {s['suite']}: not checked: {s['reason']} (column {s['column']!r})")
     return "\n".join(lines)
 
 
