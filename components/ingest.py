@@ -23,18 +23,20 @@ Sources (``ingest.source`` in params.yaml) and the choices made where the papers
 - ``synthetic``: :mod:`components.synthetic` (planted interests, ground truth), streamed in chunks.
 - ``csv`` / ``parquet``: a user's own log; ``columns`` maps canonical names onto the file's column names
   (``behavior`` and ``category`` optional). CSV must have a header (tab-separated if the name ends in
-  ``.tsv``), timestamps must be numeric seconds (parquet timestamp columns are converted). Items get the
+  ``.tsv``), timestamps must be numeric seconds (parquet timestamp columns are converted, naive = UTC;
+  fractional seconds are floored). Ids may be strings or integers (formatted in decimal). Items get the
   item's most frequent category (ties: smallest string), ``unknown`` without a category column; users get
   only ``user_id``.
 - ``amazon-books``: the McAuley ratings CSV ``user,item,rating,timestamp`` (no header; every rating is an
   interaction, as in ComiRec) plus the metadata file (one JSON or Python-literal dict per line with ``asin``
   and ``categories``, a list of category paths; ``.gz`` accepted). Primary category = the first non-root
   level of the first path under ``Books`` (e.g. ``Literature & Fiction``): about 30 coarse categories, which
-  suits ComiRec's category diversity. (ComiRec's released preprocessing took the leaf of the first path
-  instead; the coarse level is our choice.) Items without metadata or without a ``Books`` path get
-  ``unknown``.
+  suits ComiRec's category diversity. (ComiRec's released preprocessing, THUDM/ComiRec
+  ``preprocess/category.py``, took the leaf of the first path, ``categories[0][-1]``; the coarse level is
+  our choice.) Items without metadata or without a ``Books`` path get ``unknown``.
 - ``taobao``: ``UserBehavior.csv`` (``user,item,category,behavior,timestamp``, no header); only ``pv``
-  (click) rows are kept, as in ComiRec; an item's category is its most frequent one.
+  (click) rows are kept, as in ComiRec; an item's category is its most frequent one among its clicks
+  (ComiRec's script keeps the last one seen; in this data set an item has one category anyway).
 
 Ingest does not filter, deduplicate or sort: validation checks the tables, split filters and orders them.
 """
@@ -182,12 +184,14 @@ def _ids(arr, path, column: str):
     import pyarrow.compute as pc
 
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
-                or pa.types.is_dictionary(arr.type)):
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type) or pa.types.is_dictionary(arr.type):
+        arr = pc.cast(arr, pa.string())
+    if not pa.types.is_string(arr.type):
+        if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
             raise DataError(f"ids must be strings or integers, got {arr.type}", path=path, column=column)
         if pa.types.is_floating(arr.type):
-            frac = pc.not_equal(arr, pc.floor(arr))
+            frac = pc.invert(pc.equal(arr, pc.floor(arr)))          # also true for NaN and inf
+            frac = pc.or_(frac, pc.invert(pc.is_finite(arr)))
             if pc.any(frac).as_py():
                 raise DataError("non-integer ids", path=path, column=column, rows=_bad_rows(frac, arr))
             arr = pc.cast(arr, pa.int64())
@@ -207,10 +211,12 @@ def _timestamps(arr, path, column: str):
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if arr.null_count:
         raise DataError("missing timestamps", path=path, column=column, rows=_bad_rows(pc.is_null(arr), arr))
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = pc.cast(arr, pa.string())
     t = arr.type
-    if pa.types.is_timestamp(t):
+    if pa.types.is_timestamp(t):                          # a timezone-naive timestamp is read as UTC
         return pc.cast(pc.cast(arr, pa.timestamp("s", tz=t.tz), safe=False), pa.int64())
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t):
         stripped = pc.utf8_trim_whitespace(arr)
         try:
             return pc.cast(stripped, pa.int64())

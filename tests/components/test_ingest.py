@@ -360,6 +360,18 @@ def test_missing_ids_and_timestamps(tmp_path):
         run(_csv_cfg(log), tmp_path / "out", seed=0)
 
 
+def test_id_and_timestamp_types():
+    assert ingest._ids(pa.array([3.0, 4.0]), "f", "c").to_pylist() == ["3", "4"]
+    assert ingest._ids(pa.array(["a", "b"]).dictionary_encode(), "f", "c").to_pylist() == ["a", "b"]
+    with pytest.raises(DataError, match="non-integer ids"):
+        ingest._ids(pa.array([1.0, float("nan")]), "f", "c")
+    with pytest.raises(DataError, match="ids must be strings or integers"):
+        ingest._ids(pa.array([True]), "f", "c")
+    assert ingest._timestamps(pa.array([" 10 ", "11.9"], pa.large_string()), "f", "c").to_pylist() == [10, 11]
+    with pytest.raises(DataError, match="non-finite"):
+        ingest._timestamps(pa.array([1.0, float("inf")]), "f", "c")
+
+
 @pytest.mark.parametrize("content", ["", "user_id,item_id,timestamp\n"])
 def test_empty_file(tmp_path, content):
     log = tmp_path / "log.csv"
