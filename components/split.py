@@ -132,7 +132,8 @@ def _read_canonical(data_dir: Path) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    inter_path, items_path, users_path = (data_dir / f"{t}.parquet" for t in ("interactions", "items", "users"))
+    inter_path = data_dir / "interactions.parquet"
+    items_path, users_path = data_dir / "items.parquet", data_dir / "users.parquet"
     items = read_table(items_path, ["item_id", "category"])
     users = read_table(users_path)
     if "user_id" not in users.column_names:
@@ -171,8 +172,10 @@ def _read_canonical(data_dir: Path) -> dict[str, Any]:
         rows = np.flatnonzero(pc.is_null(ts).to_numpy(zero_copy_only=False))
         raise DataError(f"{ts.null_count} null timestamp(s)", path=inter_path, column="timestamp",
                         rows=rows[:5].tolist())
-    item_raw = _encode(_string_column(inter, "item_id", inter_path), item_ids, "item_id", inter_path, items_path)
-    user_raw = _encode(_string_column(inter, "user_id", inter_path), user_ids, "user_id", inter_path, users_path)
+    item_raw = _encode(_string_column(inter, "item_id", inter_path), item_ids, "item_id", inter_path,
+                       items_path)
+    user_raw = _encode(_string_column(inter, "user_id", inter_path), user_ids, "user_id", inter_path,
+                       users_path)
     timestamp = ts.to_numpy().astype(np.int64, copy=False)
     return dict(user_raw=user_raw, item_raw=item_raw, timestamp=timestamp, item_ids=item_ids,
                 category=category, user_ids=user_ids, profile=profile)
@@ -202,13 +205,13 @@ def kcore(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int, mi
         keep, u, i = keep[ok], u[ok], i[ok]
 
 
-def _sorted_vocab(strings, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index map for the rows of ``strings`` flagged in ``present``: 1.. in sorted string order.
+def _sorted_vocab(strings, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index map for the rows of ``strings`` that occur in ``used``: 1.. in sorted string order.
 
-    Returns (lookup (len(strings),) int64 with 0 for absent rows, the rows of index 1, 2, ...)."""
+    Returns (lookup (len(strings),) int64 with 0 for unused rows, the rows of index 1, 2, ...)."""
     import pyarrow.compute as pc
 
-    rows = np.flatnonzero(present)
+    rows = np.flatnonzero(np.bincount(used, minlength=len(strings)))
     order = pc.sort_indices(strings.take(rows)).to_numpy()
     rows = rows[order]
     lookup = np.zeros(len(strings), dtype=np.int64)
@@ -249,8 +252,9 @@ def _quantiles(lengths: np.ndarray) -> dict[str, float]:
     if len(lengths) == 0:
         return {}
     qs = np.quantile(lengths, QUANTILES)
-    out = {("min" if q == 0 else "max" if q == 1 else f"p{round(q * 100)}"): float(v) for q, v in zip(QUANTILES, qs)}
-    out["mean"] = float(lengths.mean())
+    names = ["min" if q == 0 else "max" if q == 1 else f"p{round(q * 100)}" for q in QUANTILES]
+    out = {name: round(float(v), 3) for name, v in zip(names, qs)}
+    out["mean"] = round(float(lengths.mean()), 3)
     return out
 
 
@@ -347,8 +351,8 @@ def run(cfg: SplitConfig, data_dir: Path, out_dir: Path, *, seed: int) -> dict:
     del rows
 
     # Index maps: 1.. in sorted order of the original strings; 0 = padding.
-    item_lookup, item_rows = _sorted_vocab(src["item_ids"], np.bincount(item_raw, minlength=len(src["item_ids"])) > 0)
-    user_lookup, user_rows = _sorted_vocab(src["user_ids"], np.bincount(user_raw, minlength=len(src["user_ids"])) > 0)
+    item_lookup, item_rows = _sorted_vocab(src["item_ids"], item_raw)
+    user_lookup, user_rows = _sorted_vocab(src["user_ids"], user_raw)
     num_items, num_users = len(item_rows) + 1, len(user_rows)
     item_ids, user_ids = src["item_ids"].take(item_rows), src["user_ids"].take(user_rows)
     category = src["category"].take(item_rows)
@@ -488,7 +492,8 @@ def read_seed(params: dict) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m components.split", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (split: section)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params file (top-level seed, split: section)")
     parser.add_argument("--data", type=Path, default=Path("data/canonical"), help="canonical tables folder")
     parser.add_argument("--out", type=Path, default=Path("data/split"), help="output folder (replaced)")
     args = parser.parse_args(argv)
