@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed
 RAW    := data/raw/ml-100k/.verified
 
 export DVC_NO_ANALYTICS := 1
+# DVC stage commands say `python`: make it the project's interpreter
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := False
 export PYTHONDONTWRITEBYTECODE := 1
 
