@@ -49,9 +49,10 @@ class DataError(ValueError):
 def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``out_dir`` only if the block succeeds.
 
-    On an exception the temporary directory is deleted and ``out_dir`` is left exactly as it was.
+    On an exception the temporary directory is deleted and ``out_dir`` is left exactly as it was. The
+    yielded path is absolute (some libraries, e.g. GX's Data Docs store, refuse relative directories).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
