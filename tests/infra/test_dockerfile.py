@@ -1,0 +1,95 @@
+"""infra/Dockerfile, read as text (no Docker engine here, so the image is not built in tests).
+
+Checks the promises the docs make: the same pinned install as ``make setup`` (requirements.lock, then the
+project with --no-deps), a CPU/CUDA switch, a non-root numeric USER, kfp present for
+``install_kfp_package=False``, no secrets, and a build context that carries every path it copies.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "infra" / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def makefile_install_commands() -> list[str]:
+    make = (REPO / "Makefile").read_text()
+    return [line.strip().split("pip install", 1)[1] for line in make.splitlines() if "pip install" in line]
+
+
+def test_installs_the_lock_and_the_project_like_the_makefile():
+    runs = " ; ".join(args for word, args in instructions() if word == "RUN")
+    assert "pip install -r requirements.lock" in runs
+    assert "pip install --no-deps --no-build-isolation -e ." in runs
+    # the Makefile does the same two installs (its flags beyond these are quiet/progress options)
+    make = makefile_install_commands()
+    assert any("-r requirements.lock" in m for m in make)
+    assert any("--no-deps --no-build-isolation -e ." in m for m in make)
+    copies = [args for word, args in instructions() if word == "COPY"]
+    assert any("requirements.lock" in c for c in copies)
+    lock = (REPO / "requirements.lock").read_text()
+    assert re.search(r"^kfp==", lock, re.M), "the image must contain kfp (components use install_kfp_package=False)"
+    assert re.search(r"^torch==", lock, re.M)
+
+
+def test_cpu_and_cuda_variants_via_a_build_argument():
+    args = {a.split("=")[0]: a.split("=", 1)[1] if "=" in a else None for w, a in instructions() if w == "ARG"}
+    assert args["VARIANT"] == "cpu"
+    runs = " ".join(a for w, a in instructions() if w == "RUN")
+    assert "cpu)" in runs and "cuda)" in runs and "download.pytorch.org/whl/cpu" in args["TORCH_CPU_INDEX"]
+
+
+def test_runs_as_a_non_root_numeric_user_created_in_the_image():
+    users = [a for w, a in instructions() if w == "USER"]
+    assert users, "no USER instruction: the image would run as root"
+    final = users[-1]
+    assert final.isdigit() and int(final) != 0
+    runs = " ".join(a for w, a in instructions() if w == "RUN")
+    assert re.search(rf"useradd[^;&]*--uid {final}\b", runs)
+    # KFP's launcher stages artifacts under /minio, /s3 or /gcs: they must be writable by that user
+    assert re.search(rf"chown {final}:\S* /gcs /minio /s3", runs)
+
+
+def test_no_secrets_in_the_image():
+    text = DOCKERFILE.read_text()
+    for word in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "PASSWORD", "TOKEN", "PRIVATE KEY"):
+        assert word not in text.upper().replace("NO SECRETS", ""), word
+    for word, args in instructions():
+        if word in ("ENV", "ARG"):
+            assert not re.search(r"(secret|passw|token|credential)", args, re.I), args
+
+
+def test_build_context_keeps_every_copied_path_and_drops_the_venv():
+    ignore = [ln.strip() for ln in (REPO / "infra" / "Dockerfile.dockerignore").read_text().splitlines()
+              if ln.strip() and not ln.startswith("#")]
+
+    def included(path: str) -> bool:
+        keep = True
+        for pattern in ignore:
+            negate = pattern.startswith("!")
+            pat = pattern[1:].rstrip("/") if negate else pattern.rstrip("/")
+            if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat + "/*") or path.startswith(pat + "/"):
+                keep = negate
+        return keep
+
+    for word, args in instructions():
+        if word == "COPY" and not args.startswith("--from"):
+            for src in args.split()[:-1]:
+                assert (REPO / src).exists(), src
+                assert included(src), f"{src} is copied but excluded from the build context"
+    for heavy in (".venv/bin/python", "data/raw/x", "artifacts/models/x", ".git/config"):
+        assert not included(heavy), heavy
