@@ -88,10 +88,9 @@ class SplitConfig:
 
 # ----------------------------------------------------------------------------------------------- reading
 
-def _string_column(table, name: str, path: Path):
-    """Column ``name`` as a plain string ChunkedArray; DataError unless string-typed and null-free."""
+def _strings(table, name: str, path: Path):
+    """Column ``name`` as a string ChunkedArray (dictionary decoded); DataError unless string-typed."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     col = table.column(name)
     if pa.types.is_dictionary(col.type):
@@ -100,6 +99,14 @@ def _string_column(table, name: str, path: Path):
             or pa.types.is_string_view(col.type)):
         raise DataError(f"expected a string column, got {col.type}", path=path, column=name,
                         rows=col.slice(0, 3).to_pylist())
+    return col
+
+
+def _string_column(table, name: str, path: Path):
+    """Like :func:`_strings`, and DataError on nulls (ids, categories)."""
+    import pyarrow.compute as pc
+
+    col = _strings(table, name, path)
     if col.null_count:
         rows = np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))
         raise DataError(f"{col.null_count} null value(s)", path=path, column=name, rows=rows[:5].tolist())
@@ -152,17 +159,9 @@ def _read_canonical(data_dir: Path) -> dict[str, Any]:
                         rows=item_ids.take(empty[:5]).to_pylist())
     user_ids = _string_column(users, "user_id", users_path).combine_chunks()
     _unique_check(user_ids, "user_id", users_path)
-    fields = [c for c in users.column_names if c != "user_id"]
-    profile = {}
-    for f in fields:
-        col = users.column(f)
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-                or pa.types.is_string_view(col.type)):
-            raise DataError(f"profile field must be a string column, got {col.type}", path=users_path,
-                            column=f, rows=col.slice(0, 3).to_pylist())
-        profile[f] = col.combine_chunks()
+    # every column but user_id is a profile field, in file order; nulls allowed (= unknown)
+    profile = {f: _strings(users, f, users_path).combine_chunks()
+               for f in users.column_names if f != "user_id"}
 
     ts = inter.column("timestamp")
     if not pa.types.is_integer(ts.type):
@@ -392,22 +391,22 @@ def run(cfg: SplitConfig, data_dir: Path, out_dir: Path, *, seed: int) -> dict:
                 "targets": _lists(item[in_split & ~is_hist], lengths[m] - hist_len[m]),
             })
         del row_code, is_hist, in_split
-        user_split = np.array(SPLITS, dtype=object)[code]
+        user_split = pa.array(SPLITS).take(pa.array(code))
         split_lengths = {"train": (lengths[members["train"]],),
                          **{s: (hist_len[members[s]], lengths[members[s]] - hist_len[members[s]])
                             for s in ("valid", "test")}}
     else:  # leave_one_out: every user in every file
         back = lengths[user - 1] - pos  # 1 for the last item, 2 for the second-to-last
         uidx = pa.array(np.arange(1, num_users + 1), pa.int64())
+        ones = np.ones(num_users, np.int64)
         train_items = item[back > 2]
         tables["train"] = pa.table({"user_idx": uidx, "items": _lists(train_items, lengths - 2)})
         tables["valid"] = pa.table({"user_idx": uidx, "history": _lists(train_items, lengths - 2),
-                                    "targets": _lists(item[back == 2], np.ones(num_users, np.int64))})
+                                    "targets": _lists(item[back == 2], ones)})
         tables["test"] = pa.table({"user_idx": uidx, "history": _lists(item[back > 1], lengths - 1),
-                                   "targets": _lists(item[back == 1], np.ones(num_users, np.int64))})
+                                   "targets": _lists(item[back == 1], ones)})
         del back
-        user_split = np.full(num_users, "train", dtype=object)
-        ones = np.ones(num_users, np.int64)
+        user_split = pa.array(["train"]).take(pa.array(np.zeros(num_users, np.int8)))
         split_lengths = {"train": (lengths - 2,), "valid": (lengths - 2, ones), "test": (lengths - 1, ones)}
     del pos
     train_count = np.bincount(train_items, minlength=num_items)
@@ -422,7 +421,7 @@ def run(cfg: SplitConfig, data_dir: Path, out_dir: Path, *, seed: int) -> dict:
     users_cols: dict[str, Any] = {
         "user_idx": pa.array(np.arange(1, num_users + 1), pa.int64()),
         "user_id": user_ids.cast(pa.string()),
-        "split": pa.array(user_split, pa.string()),
+        "split": user_split,
     }
     profile_values: dict[str, list[str]] = {}
     for f, col in src["profile"].items():

@@ -406,6 +406,12 @@ def rewrite(path: Path, **cols) -> None:
     (lambda d: rewrite(d / "items.parquet", category=pa.array(
         [""] + pq.read_table(d / "items.parquet").column("category").to_pylist()[1:])),
      r"items.parquet.*'category'.*empty"),
+    (lambda d: rewrite(d / "users.parquet", age=pa.array(
+        range(pq.read_metadata(d / "users.parquet").num_rows))),
+     r"users.parquet.*'age'.*expected a string column"),
+    (lambda d: rewrite(d / "users.parquet", user_id=pa.array(
+        [None] + pq.read_table(d / "users.parquet").column("user_id").to_pylist()[1:], pa.string())),
+     r"users.parquet.*'user_id'.*1 null"),
 ])
 def test_bad_input_names_the_problem_and_keeps_outputs(good_out, breakage, message):
     data, out, before = good_out
