@@ -61,6 +61,7 @@ OPTIONAL = {"interactions": {"behavior": "str"}, "items": {}, "users": {}}
 # Foreign-key suites: suite name -> (key column of interactions, table that must hold every key).
 REFERENCES = {"interactions_item_refs": ("item_id", "items"), "interactions_user_refs": ("user_id", "users")}
 PARTIAL_UNEXPECTED_COUNT = 5  # offending values kept per expectation (result.json, Data Docs, summary)
+RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT}
 DOCS_SITE = "validation_docs"  # our Data Docs site; the ephemeral context's default `local_site` is not used
 EXIT_VALIDATION_FAILED = 1
 
@@ -285,7 +286,6 @@ def _run_checkpoints(batches: dict, suites: dict, docs_dir: Path) -> dict:
     context = _context(docs_dir)
     source = context.data_sources.add_pandas("canonical")
     run_id = RunIdentifier(run_name="validate", run_time=dt.datetime.now(dt.timezone.utc))
-    result_format = {"result_format": "BASIC", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT}
     results = {}
     for name, expectations in suites.items():
         df = batches[name]
@@ -294,7 +294,7 @@ def _run_checkpoints(batches: dict, suites: dict, docs_dir: Path) -> dict:
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"validate_{name}", validation_definitions=[definition], result_format=result_format,
+            name=f"validate_{name}", validation_definitions=[definition], result_format=dict(RESULT_FORMAT),
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]))
         with _no_batch_fingerprint():
             outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
@@ -345,7 +345,7 @@ def _report(cfg: ValidateConfig, data_dir: Path, frames: dict, suites: dict, res
         "data_dir": str(data_dir),
         "params": to_dict(cfg),
         "great_expectations": _gx_version(),
-        "result_format": {"result_format": "BASIC", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT},
+        "result_format": RESULT_FORMAT,
         "docs_index": "docs/index.html",
         "skipped": skipped,
         "expectations": expectations,
