@@ -14,6 +14,9 @@ override them and says to recompile.
 
 The image every component runs in is a compile-time setting as well: ``--image`` or ``$MIR_IMAGE``, else
 :data:`DEFAULT_IMAGE`, a placeholder path to replace with your registry's.
+
+``python -m pipelines.settings --params params.yaml --overrides FILE [--set KEY=VALUE] --out P`` writes a merged
+params file: how the Kubernetes training job (infra/k8s) changes a few keys without a copy of params.yaml.
 """
 from __future__ import annotations
 
@@ -40,6 +43,11 @@ DEFAULT_IMAGE = "registry.example.com/mir/multi-interest-retrieval:0.1.0"
 COMPILE_TIME_TRAIN_KEYS = ("accelerator", "devices", "num_nodes")
 #: Lightning accelerator names for which the train task asks Kubernetes for accelerators.
 GPU_ACCELERATORS = ("gpu", "cuda")
+
+#: Component (step) names of the pipeline, as used in ``kfp.resources``.
+STEP_NAMES = ("check_params", "ingest", "validate", "split", "train", "evaluate", "build_index", "report",
+              "gate", "export")
+
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
@@ -87,11 +95,6 @@ class KfpConfig:
     def resources_for(self, step: str) -> Resources:
         """The resources of ``step``: its own entry, else ``default``, else :class:`Resources` defaults."""
         return self.resources.get(step) or self.resources.get("default") or Resources()
-
-
-#: Component (step) names of the pipeline, as used in ``kfp.resources``.
-STEP_NAMES = ("check_params", "ingest", "validate", "split", "train", "evaluate", "build_index", "report",
-              "gate", "export")
 
 
 def kfp_config(params: Mapping[str, Any]) -> KfpConfig:
