@@ -14,6 +14,12 @@ Choices the paper leaves open (tested in tests/models/test_comirec.py, written u
 - **Routing**: logits start at 0 and are accumulated (Algorithm 1 lines 1 and 6); the coupling softmax is over
   interests (eq. 3); padded behaviours get coupling 0. Zero init is deterministic, so eval needs no special
   case.
+- **Init of W_ij** (not in the paper; ComiRec's code draws N(0, 1)): ``I + N(0, 1/D)``. The interests are
+  used directly (no layer after the squash) and matched against item embeddings, so maps that start near
+  the identity put the capsules in the item space from the first step, and the noise breaks the symmetry
+  between the K capsules (logits start at 0). On a quick planted-interest run (3,000 users, 4 interests of
+  20 categories, D = 32, 1,500 Adam steps) test Recall@50 was 0.05–0.08 with a N(0, 1/D) init and 0.27–0.28
+  with this one; YouTube DNN reached 0.24 on the same data.
 - **Stop-gradient** as in MIND and the ComiRec reference code: iterations before the last route detached
   prediction vectors, so the coupling coefficients are constants for back-propagation and gradients reach
   W and the embeddings through the last ``s_j = sum_i c_ij W_ij e_i`` only.
@@ -95,8 +101,11 @@ class ComiRecDR(nn.Module):
         self.max_len = max_len
         self.routing_iters = routing_iters
         self.items = ItemTower(num_items, num_categories, dim, use_category)
-        # W_ij of eq. (1): one D x D map per (recency slot i, interest j), (max_len, K, D_out, D_in)
-        self.maps = nn.Parameter(torch.randn(max_len, num_interests, dim, dim) * dim ** -0.5)
+        # W_ij of eq. (1): one D x D map per (recency slot i, interest j), (max_len, K, D_out, D_in).
+        # Init I + N(0, 1/D): prediction vectors start in the item-embedding space the interests are matched
+        # against; the noise makes the K capsules differ (module docstring).
+        eye = torch.eye(dim).expand(max_len, num_interests, dim, dim)
+        self.maps = nn.Parameter(eye + torch.randn(max_len, num_interests, dim, dim) * dim ** -0.5)
 
     @property
     def item_category(self) -> torch.Tensor:

@@ -117,3 +117,13 @@ def test_sa_empty_history_gives_finite_zero_interests():
     history[1, 0] = 3
     interests = model.user_interests(history, history != 0, torch.zeros(2, 2, dtype=torch.long))[0]
     assert torch.isfinite(interests).all() and (interests[0] == 0).all()
+
+
+def test_dr_maps_start_near_identity_but_differ_per_interest():
+    model = ComiRecDR(**data_hparams(), dim=16, num_interests=4)
+    W = model.maps.detach()  # (max_len, K, D, D)
+    assert (W.mean((0, 1)) - torch.eye(16)).abs().max() < 0.2  # centred on the identity
+    assert not torch.allclose(W[0, 0], W[0, 1], atol=0.05)  # interests differ, so the capsules do
+    history, mask, prof = make_batch(lengths=[8], seed=6)
+    caps = model.eval().user_interests(history, mask, prof)[0][0]
+    assert not torch.allclose(caps[0], caps[1], atol=1e-3)
