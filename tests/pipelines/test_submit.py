@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ParamsError, load_params
+from components.config import ParamsError
 from pipelines import submit
+from pipelines.settings import arguments_to_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,7 @@ def test_bad_overrides_fail_before_any_network_call():
 
 
 def test_run_arguments_are_the_package_defaults_with_only_the_overrides_changed():
-    params = load_params(REPO / "params.yaml")
+    params = arguments_to_params(submit.package_defaults(submit.DEFAULT_PACKAGE))
     assert submit.run_arguments(submit.DEFAULT_PACKAGE, []) == {}
     args = submit.run_arguments(submit.DEFAULT_PACKAGE, ["train.max_epochs=3", "seed=7",
                                                          "models.mind.num_interests=8"])
