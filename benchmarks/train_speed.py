@@ -1,0 +1,153 @@
+"""Benchmark of training: per model at the default config on MovieLens-100K, training throughput and test quality.
+
+For every model variant of ``train.models`` (or ``--models``) this runs the product path as DVC does —
+``python -m components.train`` then ``python -m components.evaluate``, each in its own process so peak memory
+is per model — and reports:
+
+- training samples/s (wall clock over the training part of the epochs: data, forward, backward, Adam; not
+  validation), and samples per CPU-second of the training process (``cpu_seconds_per_epoch``), which a busy
+  shared machine inflates far less than wall time;
+- seconds per epoch (training part) and validation seconds per epoch, epochs run until early stopping;
+- peak resident memory of the training process;
+- test Recall/NDCG/HitRate@50 of the best checkpoint (components.evaluate, strong generalization).
+
+Targets (issue 3): at least twice a reference library's throughput at batch 256, 50 negatives, d = 64 on a
+2-core machine — YouTube DNN 28,600, MIND 15,900, ComiRec-DR 15,900, ComiRec-SA 13,100 samples/s.
+
+Data: ``--split`` (default ``data/split``, i.e. after ``make data`` and ``dvc repro split``). If that folder
+does not exist, the canonical tables and the split are built from ``data/raw/ml-100k`` with the ingest and
+split CLIs into ``benchmarks/out/train_speed/`` (ignored by git).
+
+    .venv/bin/python benchmarks/train_speed.py                          # all models, params.yaml as is
+    .venv/bin/python benchmarks/train_speed.py --models youtube_dnn,mind --threads 1
+    .venv/bin/python benchmarks/train_speed.py --max-epochs 2 --no-eval  # throughput only, quick
+
+Writes ``benchmarks/results/train_speed.json`` and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out" / "train_speed"
+RESULT = REPO / "benchmarks" / "results" / "train_speed.json"
+PY = sys.executable
+
+#: samples/s of the reference library on the 2-core machine (batch 256, 50 negatives, d = 64)
+REFERENCE = {"youtube_dnn": 28_600, "mind": 15_900, "comirec_dr": 15_900, "comirec_sa": 13_100}
+TARGET_FACTOR = 2.0
+
+
+def _run(cmd: list[str], env: dict | None = None) -> float:
+    t = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout[-2000:] + res.stderr[-4000:])
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}")
+    return time.perf_counter() - t
+
+
+def ensure_split(split: Path, params_path: Path) -> Path:
+    """``split`` if it exists, else build MovieLens-100K canonical tables + split under benchmarks/out."""
+    if (split / "vocab.json").exists():
+        return split
+    canonical, built = OUT / "canonical", OUT / "split"
+    if not (built / "vocab.json").exists():
+        print(f"{split} not found: building MovieLens-100K into {OUT}", flush=True)
+        _run([PY, "-m", "components.ingest", "run", "--params", str(params_path), "--out", str(canonical)])
+        _run([PY, "-m", "components.split", "--params", str(params_path), "--data", str(canonical),
+              "--out", str(built)])
+    return built
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--split", type=Path, default=REPO / "data" / "split")
+    parser.add_argument("--models", default=None, help="comma-separated variants (default: train.models)")
+    parser.add_argument("--threads", type=int, default=None, help="train.num_threads (default: params)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override train.max_epochs")
+    parser.add_argument("--no-eval", action="store_true", help="skip the test metrics")
+    args = parser.parse_args()
+
+    params = yaml.safe_load(args.params.read_text())
+    if args.threads is not None:
+        params["train"]["num_threads"] = args.threads
+    if args.max_epochs is not None:
+        params["train"]["max_epochs"] = args.max_epochs
+    params["evaluate"]["faiss_check"] = False  # build_index's job; keeps the benchmark about training
+    OUT.mkdir(parents=True, exist_ok=True)
+    bench_params = OUT / "params.yaml"
+    bench_params.write_text(yaml.safe_dump(params, sort_keys=False))
+    split = ensure_split(args.split, bench_params)
+    names = args.models.split(",") if args.models else list(params["train"]["models"])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    rows = {}
+    load_before = os.getloadavg()
+    for name in names:
+        model_dir, eval_dir = OUT / "models" / name, OUT / "eval" / name
+        print(f"training {name} ...", flush=True)
+        _run([PY, "-m", "components.train", "--params", str(bench_params), "--model", name, "--split", str(split),
+              "--out", str(model_dir)], env)
+        train = json.loads((model_dir / "train.json").read_text())
+        row = {k: train.get(k) for k in ("samples_per_s", "seconds_per_epoch", "cpu_seconds_per_epoch",
+                                         "val_seconds_per_epoch", "epochs", "best_epoch", "peak_rss_mb",
+                                         "peak_gpu_mb", "train_samples", "torch_threads", "wall_seconds",
+                                         "best_val_recall@50")}
+        cpu = train.get("cpu_seconds_per_epoch") or 0.0
+        row["samples_per_cpu_s"] = train["train_samples"] / cpu if cpu > 0 else None
+        ref = REFERENCE.get(params["models"][name]["arch"])
+        row["reference_samples_per_s"] = ref
+        row["target_samples_per_s"] = ref * TARGET_FACTOR if ref else None
+        row["speedup_vs_reference"] = train["samples_per_s"] / ref if ref else None
+        if not args.no_eval:
+            print(f"evaluating {name} ...", flush=True)
+            _run([PY, "-m", "components.evaluate", "--params", str(bench_params), "--model", name, "--split",
+                  str(split), "--models-dir", str(OUT / "models"), "--out", str(eval_dir)], env)
+            metrics = json.loads((eval_dir / "metrics.json").read_text())
+            for m in ("recall", "ndcg", "hitrate"):
+                row[f"test_{m}@50"] = metrics.get(f"test.{m}@50")
+                row[f"test_{m}@50_ci"] = [metrics.get(f"test.{m}@50_ci_low"), metrics.get(f"test.{m}@50_ci_high")]
+        rows[name] = row
+
+    result = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
+        "config": {"train": params["train"], "models": {n: params["models"][n] for n in names},
+                   "split": str(split)},
+        "models": rows,
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print_table(rows)
+    print(f"load average before/after: {load_before} / {result['machine']['load_average_after']}")
+    print(f"-> {RESULT}")
+
+
+def print_table(rows: dict) -> None:
+    head = (f"{'model':<13}{'samples/s':>10}{'/cpu-s':>9}{'2x ref':>9}{'s/epoch':>9}{'epochs':>7}"
+            f"{'peak MB':>9}{'R@50':>8}{'NDCG@50':>9}{'HR@50':>8}")
+    print(head)
+    print("-" * len(head))
+    for name, r in rows.items():
+        def f(v, fmt):
+            return format(v, fmt) if isinstance(v, (int, float)) else "-"
+        print(f"{name:<13}{f(r['samples_per_s'], '10.0f')}{f(r['samples_per_cpu_s'], '9.0f')}"
+              f"{f(r['target_samples_per_s'], '9.0f')}{f(r['seconds_per_epoch'], '9.2f')}{f(r['epochs'], '7d')}"
+              f"{f(r['peak_rss_mb'], '9.0f')}{f(r.get('test_recall@50'), '8.4f')}"
+              f"{f(r.get('test_ndcg@50'), '9.4f')}{f(r.get('test_hitrate@50'), '8.4f')}")
+
+
+if __name__ == "__main__":
+    main()
