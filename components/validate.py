@@ -36,6 +36,13 @@ Choices the issue leaves open (also in the report):
   erroring with GX's opaque exception. Every column of ``users`` other than ``user_id`` is a profile field
   and must be ``str``; extra item attributes are not type-checked (CONTRACTS leaves them open).
 - ``category`` non-empty means not null and not matching ``^\\s*$`` (empty or whitespace only).
+
+Scale (50M interactions, 1M users, 200k items; 2 cores): about 95-105 s CPU and 5.5-6 GB peak RSS, of which
+the duplicate-row check (pandas ``duplicated`` inside GX) is about 60 s and the distinct-id tables for the
+foreign keys about 20 s. Two things keep it there: the foreign keys use pyarrow ``unique``/``is_in`` (see
+:func:`_reference_table`), and GX's per-batch md5 fingerprint is skipped (:func:`_no_batch_fingerprint`).
+Data Docs pages load their CSS/JS from public CDNs when opened (GX's templates): offline they are unstyled
+but complete; nothing is fetched while validating.
 """
 from __future__ import annotations
 
@@ -212,23 +219,24 @@ def _reference_table(ids, keys, key: str, matched: str):
     import pandas as pd
     import pyarrow.compute as pc
 
-    distinct = pc.unique(_arrow_strings(ids))
-    found = pc.is_in(distinct, value_set=pc.unique(_arrow_strings(keys)))
+    distinct = _unique_strings(ids)
+    found = pc.is_in(distinct, value_set=_unique_strings(keys))
     return pd.DataFrame({key: pd.Series(distinct, dtype="str"),
                          matched: pd.Series(pc.if_else(found, distinct, None), dtype="str")})
 
 
-def _arrow_strings(column):
-    """Non-null values of a pandas column as a pyarrow large_string array (no copy when already `str`)."""
-    import pyarrow as pa
+def _unique_strings(column):
+    """Distinct non-null values of a pandas column as a pyarrow large_string array.
 
-    column = column.dropna()
+    A `str` column is handed to pyarrow without a copy (pandas 3 stores it as arrow strings); any other
+    dtype is first converted to text.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if column.dtype != "str":
-        column = column.astype("str")
-    values = pa.array(column.array)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return values.cast(pa.large_string())
+        column = column.dropna().astype("str")
+    return pc.unique(pa.array(column.array)).drop_null().cast(pa.large_string())
 
 
 # --- running GX -----------------------------------------------------------------------------------------
