@@ -272,11 +272,14 @@ def _no_batch_fingerprint() -> Iterator[None]:
     GX 1.24 hashes every pandas batch under 1 GB (``pd.util.hash_pandas_object`` row by row, ~3.6 s per
     million arrow-string rows here) only to store an md5 as a batch marker, which nothing we use reads;
     batches over 1 GB are never hashed. Lowering ``HASH_THRESHOLD`` to 0 makes every batch behave like a
-    big one. The module global is restored afterwards.
+    big one. The module global is restored afterwards; if a GX upgrade drops it, nothing is changed.
     """
     from great_expectations.execution_engine import pandas_execution_engine as engine
 
-    saved = engine.HASH_THRESHOLD
+    saved = getattr(engine, "HASH_THRESHOLD", None)
+    if saved is None:
+        yield
+        return
     engine.HASH_THRESHOLD = 0
     try:
         yield
