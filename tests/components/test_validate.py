@@ -364,6 +364,10 @@ def test_gx_opens_no_socket_and_writes_only_out_dir(good_run):
     assert list(good_run["cwd"].iterdir()) == []
     assert sorted(p.name for p in good_run["root"].iterdir()) == ["canonical", "cwd", "validation"]
     assert sorted(p.name for p in good_run["out"].iterdir()) == ["docs", "result.json"]
+    # The batch-fingerprint switch is scoped to the checkpoint runs.
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    assert pandas_execution_engine.HASH_THRESHOLD == 1e9
 
 
 def test_data_docs_index_links_every_suite_validation_page(good_run):
