@@ -1,0 +1,351 @@
+"""Benchmark of retrieval quality on MovieLens-100K (issue 6): every model, tuned on valid, reported on test.
+
+Protocol (issue 6): the default split (strong generalization, 5-core, users 8:1:1, history = first 80 %,
+max_len 20, history excluded from retrieval), d = 64, K = 4; each model is tuned only on the **valid** users
+(early stopping on valid Recall@50 inside components.train, plus a small declared grid of trainer settings,
+the same grid for every trainable model), then the chosen setting is trained with several seeds and reported
+on the **test** users: per metric the mean over seeds, the standard deviation (ddof = 1) and a percentile
+bootstrap interval of the mean over seeds. Also the leave-one-out protocol (same chosen settings).
+
+Models (variants): MostPopular, YouTube DNN, MIND, MIND+HN, ComiRec-DR, ComiRec-DR+HN, ComiRec-SA,
+ComiRec-SA+HN, UMI. A ``+hn`` variant is the params.yaml variant with ``harder_negatives: true`` (UMI eqs.
+12-13); everything else comes from params.yaml (``models.*``, ``train``, ``evaluate``). Metrics @20 and @50:
+Recall, NDCG, HitRate, Precision, Diversity (components.evaluate; ComiRec eqs. 14-17) and the λ sweep of
+ComiRec's controllable aggregation (Table 5) on the test users.
+
+Choices the issue leaves open (also in docs/RESULTS.md):
+- The split is fixed (built once with the params seed, 2026): the seeds vary initialisation, shuffling and
+  negatives, not which users are test users, so MostPopular is one number (deterministic given the protocol).
+- Tuning: one run per grid point with the first seed; the point with the best **valid** Recall@50 (from
+  components.evaluate on the valid users of the best checkpoint) is the model's setting. Ties keep the
+  first grid point (the params.yaml default).
+- Seed bootstrap: 10,000 resamples of the per-seed values with replacement, percentile 95 % interval,
+  numpy generator seeded with 0. With 1 seed the interval is the single value and std is NaN.
+
+Resumable: every (protocol, variant, setting, seed) run writes
+``benchmarks/out/quality/runs/<protocol>/<variant>/<setting>/seed<seed>.json`` and is skipped when that file
+exists; the result file is rebuilt from all cached runs at the end of every invocation.
+
+    .venv/bin/python benchmarks/quality.py                          # tune, then seeds 2026..2030, both protocols
+    .venv/bin/python benchmarks/quality.py --stage tune             # grid on valid only (seed 2026)
+    .venv/bin/python benchmarks/quality.py --stage final --seeds 2026,2027 --protocols sg
+    .venv/bin/python benchmarks/quality.py --quick                  # 2 epochs, 1 seed, no grid: smoke test
+    .venv/bin/python benchmarks/quality.py --stage aggregate        # only rebuild quality.json from the cache
+
+Writes ``benchmarks/results/quality.json``: {"meta": ..., "results": {variant: {protocol: {metric: {mean,
+std, ci_low, ci_high, per_seed}}}}, "tuning": ..., "lambda_sweep": ..., "runs": ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+OUT = REPO / "benchmarks" / "out" / "quality"
+DATA = OUT / "data"                # canonical tables + one split per protocol (shared with --quick)
+RESULT = REPO / "benchmarks" / "results" / "quality.json"
+
+SEEDS = (2026, 2027, 2028, 2029, 2030)
+PROTOCOLS = {"sg": "strong_generalization", "loo": "leave_one_out"}
+#: variant -> (params.yaml variant, harder_negatives override or None)
+VARIANTS: dict[str, tuple[str, bool | None]] = {
+    "most_popular": ("most_popular", None),
+    "youtube_dnn": ("youtube_dnn", None),
+    "mind": ("mind", False),
+    "mind+hn": ("mind", True),
+    "comirec_dr": ("comirec_dr", False),
+    "comirec_dr+hn": ("comirec_dr", True),
+    "comirec_sa": ("comirec_sa", False),
+    "comirec_sa+hn": ("comirec_sa", True),
+    "umi": ("umi", True),
+}
+LABELS = {"most_popular": "MostPopular", "youtube_dnn": "YouTube DNN", "mind": "MIND", "mind+hn": "MIND+HN",
+          "comirec_dr": "ComiRec-DR", "comirec_dr+hn": "ComiRec-DR+HN", "comirec_sa": "ComiRec-SA",
+          "comirec_sa+hn": "ComiRec-SA+HN", "umi": "UMI"}
+TOPN = (20, 50)
+METRICS = tuple(f"{m}@{n}" for n in TOPN for m in ("recall", "ndcg", "hitrate", "precision")) + ("diversity@50",)
+
+#: the declared tuning grid: named points of ``train`` overrides, the same for every trainable model. The
+#: first point is params.yaml as is. Chosen for what moves Recall@50 most on this protocol within the epoch
+#: budget (issue 6): the learning rate. The loss has a temperature argument but components.train does not
+#: expose it, and the time budget (2 shared cores, one afternoon) allowed two points, not more.
+GRID: dict[str, dict[str, Any]] = {
+    "default": {},
+    "lr3e-3": {"lr": 0.003},
+}
+#: the training budget of every run: at most this many epochs (early stopping with train.patience inside)
+BUDGET_EPOCHS = 10
+BOOTSTRAP_SAMPLES = 10_000
+CONFIDENCE = 0.95
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def seed_bootstrap_ci(values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (per-seed figures), resampling seeds."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)  # (samples,)
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def aggregate(per_seed: dict[int, float], samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE
+              ) -> dict[str, Any]:
+    """{mean, std (ddof=1; NaN for one seed), ci_low, ci_high, n, per_seed} of one metric over seeds."""
+    seeds = sorted(per_seed)
+    x = np.array([per_seed[s] for s in seeds], dtype=np.float64)
+    lo, hi = seed_bootstrap_ci(x, samples, confidence)
+    return {"mean": float(x.mean()) if x.size else float("nan"),
+            "std": float(x.std(ddof=1)) if x.size > 1 else float("nan"),
+            "ci_low": lo, "ci_high": hi, "n": int(x.size), "per_seed": {str(s): float(per_seed[s]) for s in seeds}}
+
+
+def aggregate_runs(runs: list[dict], metrics: Sequence[str] = METRICS, split: str = "test") -> dict[str, Any]:
+    """Aggregate cached run records (same variant/protocol/setting, different seeds) metric by metric."""
+    out = {}
+    for metric in metrics:
+        key = f"{split}.{metric}"
+        per_seed = {int(r["seed"]): float(r["metrics"][key]) for r in runs if key in r["metrics"]}
+        if per_seed:
+            out[metric] = aggregate(per_seed)
+            # the evaluator's user-bootstrap interval of each run (users resampled), averaged over seeds:
+            # the noise from the ~95 test users, which seeds do not show
+            lo = [r["metrics"].get(f"{key}_ci_low") for r in runs]
+            hi = [r["metrics"].get(f"{key}_ci_high") for r in runs]
+            if all(v is not None for v in lo + hi):
+                out[metric]["user_ci"] = [float(np.mean(lo)), float(np.mean(hi))]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- data
+def prepare_split(params: dict, protocol: str) -> Path:
+    """Ingest MovieLens-100K and split it with the params defaults (protocol switched) under OUT/data."""
+    from components.config import section
+    from components import ingest, split
+
+    data = DATA
+    canonical = data / "canonical"
+    seed = int(params["seed"])
+    if not (canonical / "interactions.parquet").exists():
+        ingest.run(section(params, "ingest", ingest.IngestConfig), canonical, seed=seed)
+    out = data / f"split_{protocol}"
+    if not (out / "stats.json").exists():
+        cfg = dataclasses.replace(section(params, "split", split.SplitConfig), protocol=PROTOCOLS[protocol])
+        split.run(cfg, canonical, out, seed=seed)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+def run_path(protocol: str, variant: str, setting: str, seed: int) -> Path:
+    return OUT / "runs" / protocol / variant.replace("+", "_") / setting / f"seed{seed}.json"
+
+
+def model_config(params: dict, variant: str, overrides: dict[str, Any]):
+    """The ModelConfig of ``variant`` with the grid point's ``train`` overrides."""
+    from components.train import ModelConfig
+
+    base, hn = VARIANTS[variant]
+    p = copy.deepcopy(params)
+    entry = dict(p["models"][base])
+    if hn is not None:
+        entry["harder_negatives"] = hn
+    if entry["arch"] != "most_popular":
+        entry.update(overrides)
+    p["models"][variant] = entry
+    return ModelConfig.from_params(p, variant)
+
+
+def one_run(params: dict, protocol: str, variant: str, setting: str, seed: int, *, max_epochs: int | None,
+            threads: int) -> dict:
+    """Train + evaluate one (protocol, variant, setting, seed); cache and return the record."""
+    path = run_path(protocol, variant, setting, seed)
+    if path.exists():
+        return json.loads(path.read_text())
+    import torch
+
+    from components import train
+    from components.config import section
+    from components.evaluate import EvaluateConfig, evaluate_model
+    from components.io import write_json
+    from models import load_model
+
+    torch.set_num_threads(threads)
+    split_dir = prepare_split(params, protocol)
+    cfg = section(params, "train", train.TrainConfig)
+    cfg = dataclasses.replace(cfg, progress_refresh=0, num_threads=threads,
+                              **({"max_epochs": max_epochs} if max_epochs else {}))
+    mc = model_config(params, variant, GRID[setting])
+    model_dir = OUT / "models" / protocol / variant.replace("+", "_") / setting / f"seed{seed}"
+    t0 = time.perf_counter()
+    summary = train.run(cfg, mc, split_dir, model_dir, seed=seed)
+    train_s = time.perf_counter() - t0
+    ecfg = dataclasses.replace(section(params, "evaluate", EvaluateConfig), topn=list(TOPN), faiss_check=False,
+                               heatmap_users=0)
+    model = load_model(model_dir / "model.pt")
+    res = evaluate_model(ecfg, model, split_dir, max_len=mc.train_config(cfg).max_len, seed=seed)
+    record = {"protocol": protocol, "variant": variant, "setting": setting, "overrides": GRID[setting],
+              "seed": seed, "metrics": res["metrics"], "lambda_sweep": res["lambda_sweep"], "train": summary,
+              "train_wall_s": train_s, "eval_wall_s": time.perf_counter() - t0 - train_s,
+              "max_epochs": mc.train_config(cfg).max_epochs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    shutil.rmtree(model_dir, ignore_errors=True)  # weights are not needed again; the record is
+    return record
+
+
+def load_runs() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((OUT / "runs").glob("*/*/*/seed*.json"))]
+
+
+def chosen_settings(runs: list[dict], variants: Sequence[str], tune_seed: int) -> dict[str, dict[str, Any]]:
+    """Per variant: the grid point with the best valid Recall@50 among the tuning runs (sg, ``tune_seed``)."""
+    out = {}
+    for v in variants:
+        cands = [r for r in runs if r["variant"] == v and r["protocol"] == "sg" and r["seed"] == tune_seed]
+        if not cands:
+            continue
+        order = {s: i for i, s in enumerate(GRID)}
+        cands.sort(key=lambda r: order.get(r["setting"], len(order)))
+        best = max(cands, key=lambda r: r["metrics"]["valid.recall@50"])  # max keeps the first of ties
+        out[v] = {"setting": best["setting"], "valid_recall@50": {r["setting"]: r["metrics"]["valid.recall@50"]
+                                                                  for r in cands}}
+    return out
+
+
+def _commands() -> list[dict]:
+    path = OUT / "commands.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_result(runs: list[dict], tune_seed: int, quick: bool) -> dict:
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
+    chosen = chosen_settings(runs, variants, tune_seed)
+    results: dict[str, Any] = {}
+    sweeps: dict[str, Any] = {}
+    table_runs = []
+    for v in variants:
+        setting = chosen.get(v, {}).get("setting", "default")
+        for proto in PROTOCOLS:
+            rs = [r for r in runs if r["variant"] == v and r["protocol"] == proto and r["setting"] == setting]
+            if not rs:
+                continue
+            res = aggregate_runs(rs)
+            res["valid.recall@50"] = aggregate_runs(rs, ("recall@50",), "valid")["recall@50"]
+            res["epochs"] = {"per_seed": {str(r["seed"]): r["train"].get("epochs") for r in rs}}
+            res["train_wall_s"] = {"per_seed": {str(r["seed"]): round(r["train_wall_s"], 1) for r in rs}}
+            results.setdefault(v, {})[proto] = res
+            if proto == "sg":
+                lam = {}
+                for r in rs:
+                    for row in r["lambda_sweep"]:
+                        lam.setdefault(row["lambda"], []).append(row)
+                sweeps[v] = [{"lambda": k, **{m: float(np.mean([row[f"test.{m}"] for row in rows]))
+                                              for m in ("recall@50", "diversity@50")}, "n": len(rows)}
+                             for k, rows in sorted(lam.items())]
+            table_runs.extend({"variant": v, "protocol": proto, "setting": setting, "seed": r["seed"]} for r in rs)
+    nusers = {}
+    for proto in PROTOCOLS:
+        r = next((r for r in runs if r["protocol"] == proto), None)
+        if r:
+            nusers[proto] = {s: r["metrics"].get(f"{s}.num_users") for s in ("valid", "test")}
+    return {
+        "meta": {"command": "python benchmarks/quality.py --stage aggregate" + (" --quick" if quick else ""),
+                 "commands": _commands(),
+                 "dataset": "MovieLens-100K", "protocols": PROTOCOLS, "users": nusers,
+                 "grid": GRID, "tune_seed": tune_seed, "labels": LABELS,
+                 "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "confidence": CONFIDENCE, "over": "seeds"},
+                 "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+                 "quick": quick, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "results": results, "tuning": chosen, "lambda_sweep": sweeps, "runs": table_runs,
+        "all_runs": [{k: r[k] for k in ("protocol", "variant", "setting", "seed")} | {
+            "valid.recall@50": r["metrics"]["valid.recall@50"], "test.recall@50": r["metrics"]["test.recall@50"],
+            "epochs": r["train"].get("epochs"), "train_wall_s": round(r["train_wall_s"], 1)} for r in runs],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--models", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--protocols", default="sg,loo", help="sg (strong generalization), loo (leave-one-out)")
+    ap.add_argument("--grid", default=",".join(GRID), help=f"grid points to tune over: {', '.join(GRID)}")
+    ap.add_argument("--tune-seed", type=int, default=SEEDS[0], help="seed of the tuning runs")
+    ap.add_argument("--stage", choices=("all", "tune", "final", "aggregate"), default="all")
+    ap.add_argument("--max-epochs", type=int, default=BUDGET_EPOCHS, help="cap on train.max_epochs, the same "
+                    "for every model (0: params.yaml's train.max_epochs)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--quick", action="store_true", help="2 epochs, first seed, default setting, sg only")
+    ap.add_argument("--out", type=Path, default=None, help="result file (default: benchmarks/results/"
+                    "quality.json; --quick: benchmarks/out/quality/quick/quality.json)")
+    args = ap.parse_args(argv)
+
+    from components.config import load_params
+    from components.io import write_json
+
+    os.chdir(REPO)  # params paths (data/raw/ml-100k) are relative to the repo root
+    params = load_params(args.params)
+    variants = [v.strip() for v in args.models.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {list(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    protocols = [p.strip() for p in args.protocols.split(",")]
+    grid = [g.strip() for g in args.grid.split(",")]
+    max_epochs = args.max_epochs
+    tune_seed = args.tune_seed
+    if args.quick:  # its own cache: 2-epoch runs must never stand in for real ones
+        global OUT
+        OUT = OUT / "quick"
+        seeds, protocols, grid, max_epochs = [tune_seed], ["sg"], ["default"], 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "commands.jsonl", "a") as fh:  # every invocation, for the report's "produced by"
+        fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "command": "python benchmarks/quality.py " + " ".join(
+                                 argv if argv is not None else sys.argv[1:])}) + "\n")
+
+    def go(proto, v, setting, seed):
+        t0 = time.perf_counter()
+        r = one_run(params, proto, v, setting, seed, max_epochs=max_epochs, threads=args.threads)
+        print(f"{proto:3s} {v:14s} {setting:14s} seed {seed}: valid R@50 {r['metrics']['valid.recall@50']:.4f} "
+              f"test R@50 {r['metrics']['test.recall@50']:.4f} epochs {r['train'].get('epochs')} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    if args.stage in ("all", "tune"):
+        for v in variants:
+            for setting in (grid if VARIANTS[v][0] != "most_popular" else ["default"]):
+                go("sg", v, setting, tune_seed)
+    if args.stage in ("all", "final"):
+        chosen = chosen_settings(load_runs(), variants, tune_seed)
+        for seed in seeds:
+            for proto in protocols:
+                for v in variants:
+                    go(proto, v, chosen.get(v, {}).get("setting", "default"), seed)
+    out = args.out or (OUT / "quality.json" if args.quick else RESULT)
+    write_json(out, build_result(load_runs(), tune_seed, args.quick))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
