@@ -16,9 +16,13 @@ ComiRec's controllable aggregation (Table 5) on the test users.
 Choices the issue leaves open (also in docs/RESULTS.md):
 - The split is fixed (built once with the params seed, 2026): the seeds vary initialisation, shuffling and
   negatives, not which users are test users, so MostPopular is one number (deterministic given the protocol).
-- Tuning: one run per grid point with the first seed; the point with the best **valid** Recall@50 (from
-  components.evaluate on the valid users of the best checkpoint) is the model's setting. Ties keep the
-  first grid point (the params.yaml default).
+- Budget, the same for every model: at most :data:`BUDGET_EPOCHS` epochs per run (early stopping on valid
+  Recall@50 with ``train.patience`` inside), one run per grid point of :data:`GRID` with the tuning seed.
+  On 2 shared cores an epoch of a multi-interest model takes ~30 s wall, so 10 epochs is what the afternoon
+  allowed; several models were still improving at epoch 10 (see ``epochs`` in the run table).
+- Tuning: the grid point with the best **valid** Recall@50 (components.evaluate on the valid users of the
+  best checkpoint) is the model's setting; ties keep the first grid point (the params.yaml default). With
+  or without HN is a separate variant each; the report picks between them on valid as well.
 - Seed bootstrap: 10,000 resamples of the per-seed values with replacement, percentile 95 % interval,
   numpy generator seeded with 0. With 1 seed the interval is the single value and std is NaN.
 
@@ -27,10 +31,12 @@ Resumable: every (protocol, variant, setting, seed) run writes
 exists; the result file is rebuilt from all cached runs at the end of every invocation.
 
     .venv/bin/python benchmarks/quality.py                          # tune, then seeds 2026..2030, both protocols
-    .venv/bin/python benchmarks/quality.py --stage tune             # grid on valid only (seed 2026)
-    .venv/bin/python benchmarks/quality.py --stage final --seeds 2026,2027 --protocols sg
+    .venv/bin/python benchmarks/quality.py --stage tune --grid lr3e-3   # one grid point on valid (seed 2026)
+    .venv/bin/python benchmarks/quality.py --stage final --seeds 2027,2028 --protocols sg --models mind,umi
     .venv/bin/python benchmarks/quality.py --quick                  # 2 epochs, 1 seed, no grid: smoke test
     .venv/bin/python benchmarks/quality.py --stage aggregate        # only rebuild quality.json from the cache
+
+Several processes may run at once on disjoint (variant, setting, seed) sets: they share only the cache.
 
 Writes ``benchmarks/results/quality.json``: {"meta": ..., "results": {variant: {protocol: {metric: {mean,
 std, ci_low, ci_high, per_seed}}}}, "tuning": ..., "lambda_sweep": ..., "runs": ...}.
@@ -320,10 +326,11 @@ def main(argv: list[str] | None = None) -> None:
         OUT = OUT / "quick"
         seeds, protocols, grid, max_epochs = [tune_seed], ["sg"], ["default"], 2
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "commands.jsonl", "a") as fh:  # every invocation, for the report's "produced by"
-        fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                             "command": "python benchmarks/quality.py " + " ".join(
-                                 argv if argv is not None else sys.argv[1:])}) + "\n")
+    if args.stage != "aggregate":  # every invocation that runs something, for the report's "produced by"
+        with open(OUT / "commands.jsonl", "a") as fh:
+            fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "command": "python benchmarks/quality.py " + " ".join(
+                                     argv if argv is not None else sys.argv[1:])}) + "\n")
 
     def go(proto, v, setting, seed):
         t0 = time.perf_counter()

@@ -106,6 +106,21 @@ def script_summary(name: str) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
+def script_block(name: str, start: str, end: str) -> str:
+    """The part of the producing script's docstring from the line starting with ``start`` up to ``end``."""
+    import ast
+
+    script = REPO / "benchmarks" / f"{name}.py"
+    if not script.exists():
+        return ""
+    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    i = doc.find(start)
+    j = doc.find(end, i)
+    if i < 0:
+        return ""
+    return doc[doc.find("\n", i) + 1: j if j > 0 else None].strip()
+
+
 def _plt():
     import matplotlib
 
@@ -448,6 +463,9 @@ def render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
         parts += ["Produced by:", "", "```", *cmds, "```", ""]
         if p.stem == "quality":
             body = quality_section(data, img_dir, rel)
+            choices = script_block(p.stem, "Choices the issue leaves open", "Resumable:")
+            if choices:
+                body += ["", "### Choices and budget (from benchmarks/quality.py)", "", choices]
         elif p.stem == "planted":
             body = planted_section(data, img_dir, rel)
         else:
