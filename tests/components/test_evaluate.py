@@ -302,6 +302,7 @@ def test_run_writes_dvc_outputs_and_keeps_old_outputs_on_failure(tmp_path):
     for f in ("recall_curve.csv", "recall_curve.png", "lambda_tradeoff.csv", "lambda_tradeoff.png",
               "training_curve.csv", "training_curve.png"):
         assert (out / "plots" / f).stat().st_size > 0, f
+    assert not (out / "plots" / "coupling_heatmap.png").exists()  # YouTube DNN has no routing
     curve = pd.read_csv(out / "plots" / "recall_curve.csv")
     assert list(curve[curve.split == "test"].n) == [2, 5, 10]
     assert (np.diff(curve[curve.split == "test"].recall) >= 0).all()  # Recall@N is monotone in N
@@ -312,6 +313,31 @@ def test_run_writes_dvc_outputs_and_keeps_old_outputs_on_failure(tmp_path):
     with pytest.raises(DataError, match="model.pt"):
         E.run(_cfg(), split, model_dir, out, max_len=6, seed=0)
     assert json.loads((out / "metrics.json").read_text()) == saved
+
+
+@pytest.mark.parametrize("arch", ["mind", "comirec_dr"])
+def test_coupling_heatmap_for_routing_models(tmp_path, arch):
+    """MIND Fig. 5: per behaviour, the coupling coefficients over the (active) interests sum to 1
+    (Algorithm 1 line 4 / CapsNet: softmax over interests); columns follow the history order."""
+    split = make_split(tmp_path / "split")
+    mdir = save_random_model(split, tmp_path / "models" / arch, arch=arch, num_interests=3)
+    out = tmp_path / "eval"
+    E.run(_cfg(faiss_check=False, lambda_sweep=[], bootstrap_samples=0), split, mdir, out, max_len=6, seed=0)
+    assert (out / "plots" / "coupling_heatmap.png").stat().st_size > 0
+    users = json.loads((out / "plots" / "coupling.json").read_text())["users"]
+    assert len(users) == 2
+    for u in users:
+        w = np.asarray(u["weights"])  # (K', L)
+        assert w.shape[1] == len(u["items"]) == 6  # the longest test histories fill max_len
+        assert np.allclose(w.sum(axis=0), 1.0, atol=1e-4)
+    if arch == "comirec_dr":  # newest-first routing positions are mapped back to history order
+        import models
+
+        model = models.load_model(mdir / "model.pt")
+        h = torch.tensor([[3, 7, 11, 0, 0, 0]])
+        raw = model.capsules(h, h != 0)[1]
+        mapped = E.coupling_weights(model, h, h != 0, torch.zeros(1, 1, dtype=torch.long))
+        assert torch.allclose(mapped[0, :, :3], raw[0, :, :3].flip(-1))
 
 
 def test_bad_split_is_a_data_error_naming_file_and_column(tmp_path):
