@@ -16,10 +16,15 @@ ComiRec's controllable aggregation (Table 5) on the test users.
 Choices the issue leaves open (also in docs/RESULTS.md):
 - The split is fixed (built once with the params seed, 2026): the seeds vary initialisation, shuffling and
   negatives, not which users are test users, so MostPopular is one number (deterministic given the protocol).
-- Budget, the same for every model: at most :data:`BUDGET_EPOCHS` epochs per run (early stopping on valid
-  Recall@50 with ``train.patience`` inside), one run per grid point of :data:`GRID` with the tuning seed.
+- Budget, the same for every model: at most 10 epochs per run (``BUDGET_EPOCHS``) (early stopping on valid
+  Recall@50 with ``train.patience`` inside), one run per grid point of ``GRID`` (``default`` = params.yaml, ``lr3e-3`` = lr 0.003)
+  with the tuning seed 2026.
   On 2 shared cores an epoch of a multi-interest model takes ~30 s wall, so 10 epochs is what the afternoon
   allowed; several models were still improving at epoch 10 (see ``epochs`` in the run table).
+- What was actually run this time (2 shared cores, load ~9, ~1.4 min per MIND epoch): the full grid for
+  MostPopular, YouTube DNN and MIND; both trainable ones preferred ``lr3e-3`` on valid, so the remaining
+  models were run at ``lr3e-3`` only (the tuning table shows "–" for the points not run). Seeds beyond 2026
+  only where the run table lists them; leave-one-out, the K sweep and the σ/p sweep were not run.
 - Tuning: the grid point with the best **valid** Recall@50 (components.evaluate on the valid users of the
   best checkpoint) is the model's setting; ties keep the first grid point (the params.yaml default). With
   or without HN is a separate variant each; the report picks between them on valid as well.
@@ -180,11 +185,29 @@ def model_config(params: dict, variant: str, overrides: dict[str, Any]):
 
 
 def one_run(params: dict, protocol: str, variant: str, setting: str, seed: int, *, max_epochs: int | None,
-            threads: int) -> dict:
-    """Train + evaluate one (protocol, variant, setting, seed); cache and return the record."""
+            threads: int) -> dict | None:
+    """Train + evaluate one (protocol, variant, setting, seed); cache and return the record (None: another
+    worker holds the run's lock)."""
     path = run_path(protocol, variant, setting, seed)
     if path.exists():
         return json.loads(path.read_text())
+    # another worker on the same cache may be on this run: a lock file (removed at the end; a killed
+    # worker leaves it behind -- delete benchmarks/out/quality/runs/**/*.lock before restarting)
+    lock = path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return None
+    try:
+        return _train_and_evaluate(params, protocol, variant, setting, seed, path, max_epochs=max_epochs,
+                                   threads=threads)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train_and_evaluate(params: dict, protocol: str, variant: str, setting: str, seed: int, path: Path, *,
+                        max_epochs: int | None, threads: int) -> dict:
     import torch
 
     from components import train
@@ -285,7 +308,8 @@ def build_result(runs: list[dict], tune_seed: int, quick: bool) -> dict:
         "results": results, "tuning": chosen, "lambda_sweep": sweeps, "runs": table_runs,
         "all_runs": [{k: r[k] for k in ("protocol", "variant", "setting", "seed")} | {
             "valid.recall@50": r["metrics"]["valid.recall@50"], "test.recall@50": r["metrics"]["test.recall@50"],
-            "epochs": r["train"].get("epochs"), "train_wall_s": round(r["train_wall_s"], 1)} for r in runs],
+            "epochs": r["train"].get("epochs"), "best_epoch": r["train"].get("best_epoch"),
+            "max_epochs": r.get("max_epochs"), "train_wall_s": round(r["train_wall_s"], 1)} for r in runs],
     }
 
 
@@ -335,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     def go(proto, v, setting, seed):
         t0 = time.perf_counter()
         r = one_run(params, proto, v, setting, seed, max_epochs=max_epochs, threads=args.threads)
+        if r is None:
+            print(f"{proto:3s} {v:14s} {setting:14s} seed {seed}: another worker has it, skipped", flush=True)
+            return
         print(f"{proto:3s} {v:14s} {setting:14s} seed {seed}: valid R@50 {r['metrics']['valid.recall@50']:.4f} "
               f"test R@50 {r['metrics']['test.recall@50']:.4f} epochs {r['train'].get('epochs')} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -344,11 +371,15 @@ def main(argv: list[str] | None = None) -> None:
             for setting in (grid if VARIANTS[v][0] != "most_popular" else ["default"]):
                 go("sg", v, setting, tune_seed)
     if args.stage in ("all", "final"):
-        chosen = chosen_settings(load_runs(), variants, tune_seed)
         for seed in seeds:
             for proto in protocols:
                 for v in variants:
-                    go(proto, v, chosen.get(v, {}).get("setting", "default"), seed)
+                    # re-read: other workers may have finished tuning runs meanwhile
+                    chosen = chosen_settings(load_runs(), [v], tune_seed)
+                    if v not in chosen:
+                        print(f"{v}: no finished tuning run (seed {tune_seed}), skipped", flush=True)
+                        continue
+                    go(proto, v, chosen[v]["setting"], seed)
     out = args.out or (OUT / "quality.json" if args.quick else RESULT)
     write_json(out, build_result(load_runs(), tune_seed, args.quick))
     print(f"wrote {out}")

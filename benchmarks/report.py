@@ -14,7 +14,8 @@ Verdict rule for a paper's ordering "A < B" (declared here and in the report): d
 seeds run; noise = sqrt(se_A² + se_B²) with se = std/sqrt(n) over seeds when both have ≥ 2 seeds, else the
 half-widths of the evaluator's user-bootstrap 95 % intervals combined the same way (users are the larger
 noise source with ~95 test users). |d| ≤ noise·1.96 → "within noise"; else "holds" if d > 0, "does not hold" if
-d < 0.
+d < 0. Both models are scored on the same test users, so this unpaired combination is conservative (a
+paired bootstrap over users would be tighter; per-user results are not cached).
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def fmt(x: Any, digits: int = 4) -> str:
             return f"{x:.3g}"
         if abs(x) >= 100:
             return f"{x:,.1f}"
+        if abs(x) >= 10:
+            return f"{x:.2f}"
         return f"{x:.{digits}f}"
     s = str(x)
     return s.replace("|", "\\|").replace("\n", " ")
@@ -106,8 +109,9 @@ def script_summary(name: str) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
-def script_block(name: str, start: str, end: str) -> str:
-    """The part of the producing script's docstring from the line starting with ``start`` up to ``end``."""
+def script_block(name: str, start: str, end: str, keep_first: bool = False) -> str:
+    """The part of the producing script's docstring after the line holding ``start`` (from ``start`` itself
+    with ``keep_first``) up to ``end``."""
     import ast
 
     script = REPO / "benchmarks" / f"{name}.py"
@@ -118,7 +122,7 @@ def script_block(name: str, start: str, end: str) -> str:
     j = doc.find(end, i)
     if i < 0:
         return ""
-    return doc[doc.find("\n", i) + 1: j if j > 0 else None].strip()
+    return doc[i if keep_first else doc.find("\n", i) + 1: j if j > 0 else None].strip()
 
 
 def _plt():
@@ -277,8 +281,9 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         rows.append([paper, claim, vd, ev])
     sweeps = data.get("lambda_sweep", {})
     lam_rows = []
+    multi = {v for vs in MULTI.values() for v in vs}
     for v, sw in sweeps.items():
-        if len(sw) < 2:
+        if len(sw) < 2 or v not in multi:  # one interest: the aggregation has nothing to trade
             continue
         a, b = sw[0], sw[-1]
         dr = (b["recall@50"] - a["recall@50"]) / max(a["recall@50"], 1e-12)
@@ -296,6 +301,7 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         if key not in data:
             rows.append([paper, claim, "not run", "no result in quality.json (time budget)"])
     out.append(table(["paper", "claim", "verdict", "evidence (test Recall@50)"], rows))
+    out.append("\n" + script_block("report", "Verdict rule", "\n\n", keep_first=True).replace("\n", " "))
 
     if lam_rows:
         plt = _plt()
@@ -309,12 +315,35 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         ax.legend(fontsize=7)
         out.append("\n" + save(fig, img, "quality_lambda.png", rel))
 
+    # discussion: computed from the figures above, so it cannot drift from them
     runs = data.get("all_runs", [])
+    notes = []
+    missed = [r for r in trows if r[-1] == "**missed**"]
+    if missed:
+        notes.append("Targets missed: " + "; ".join(f"{r[0]}: {r[2]} vs {r[1]}" for r in missed) + ".")
+    against = [r for r in rows if r[2] == "does not hold"]
+    if against:
+        notes.append("Paper orderings that do not hold on MovieLens-100K at this budget: "
+                     + "; ".join(f"{r[0]} — {r[1]} ({r[3]})" for r in against) + ".")
+    capped = [r for r in runs if r.get("max_epochs") and r.get("epochs") == r.get("max_epochs")
+              and r.get("best_epoch") is not None and r["best_epoch"] == r["max_epochs"] - 1]
+    if capped:
+        notes.append("Runs ended by the epoch budget with their best epoch the last one (still improving, so "
+                     "their figures are lower bounds for this setting): "
+                     + ", ".join(f"{lab(r['variant'])} {r['setting']} seed {r['seed']}" for r in capped) + ".")
+    one_seed = [lab(v) for v, p in sg.items() if p.get("recall@50", {}).get("n", 0) == 1]
+    if one_seed:
+        notes.append("One seed only (no seed spread; the user CI is the noise shown): " + ", ".join(one_seed) + ".")
+    if notes:
+        out.append("\n### Discussion (generated from the figures above)\n")
+        out += [f"- {n}" for n in notes]
+
     if runs:
         out.append("\n### Every run in the cache\n")
-        keys = list(runs[0])
-        out.append(table(keys, [[r.get(k) if not isinstance(r.get(k), str) else r[k] for k in keys]
-                                for r in runs]))
+        keys = ["variant", "protocol", "setting", "seed", "valid.recall@50", "test.recall@50", "epochs",
+                "best_epoch", "max_epochs", "train_wall_s"]
+        keys = [k for k in keys if any(k in r for r in runs)]
+        out.append(table(keys, [[r.get(k) for k in keys] for r in runs]))
     return out
 
 
