@@ -49,6 +49,8 @@ from components.config import ParamsError, from_dict, load_params, section, to_d
 from components.io import cli_main, write_json
 
 VAL_TOPN = 50
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine")
 MONITOR = f"val/recall@{VAL_TOPN}"
 
 
@@ -110,6 +112,13 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"accelerator must be one of {list(ACCELERATORS)}, got {self.accelerator!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.strategy.startswith(("ddp_spawn", "ddp_notebook", "ddp_fork")):
+            raise ValueError(f"strategy {self.strategy!r} pickles the LightningModule or forks after torch "
+                             "threads started; use 'ddp' (one process per device, the script re-executed)")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError(f"devices must be a positive count or 'auto', got {self.devices!r}")
         if isinstance(self.devices, int) and self.devices < 1:
@@ -233,6 +242,10 @@ def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, 
 
         def on_fit_start(self):
             self._gen = torch.Generator().manual_seed(seed * 1_000_003 + self.global_rank)
+            # log Q of every item, once, on the training device (index 0 = padding = -inf, never drawn)
+            all_ids = torch.arange(num_items)
+            self._log_q = sampler.log_q(all_ids).to(self.device) if log_q else None
+            self._batch_log_q = batch_sampler_q.log_q(all_ids).to(self.device) if in_batch else None
 
         def on_train_epoch_start(self):
             self._zero("loss", "samples")
@@ -247,10 +260,10 @@ def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, 
             pos_emb, neg_emb = emb[: len(pos)], emb[len(pos):]
             kw = {}
             if log_q:
-                kw = {"pos_log_q": sampler.log_q(pos), "neg_log_q": sampler.log_q(neg)}
+                kw = {"pos_log_q": self._log_q[pos], "neg_log_q": self._log_q[neg]}
             if in_batch:
                 kw["in_batch"] = True
-                kw["batch_log_q"] = batch_sampler_q.log_q(pos)
+                kw["batch_log_q"] = self._batch_log_q[pos]
             loss = sampled_softmax_loss(interests, interest_mask, pos, pos_emb, neg, neg_emb,
                                         attention_pow=attention_pow, harder_negatives=harder_negatives, **kw)
             self._sums["loss"] += loss.detach().double() * len(pos)
@@ -420,7 +433,9 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.progress_refresh))
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
-        precision=cfg.precision, max_epochs=cfg.max_epochs, deterministic=cfg.deterministic,
+        precision=cfg.precision, max_epochs=cfg.max_epochs,
+        # on GPUs a few kernels have no deterministic version: warn there instead of failing the run
+        deterministic=(cfg.deterministic if not on_gpu or not cfg.deterministic else "warn"),
         logger=CSVLogger(save_dir=staging, name="logs", version=""), callbacks=callbacks,
         default_root_dir=staging, use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_progress_bar=cfg.progress_refresh > 0, enable_model_summary=False, log_every_n_steps=50,

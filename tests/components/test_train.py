@@ -70,7 +70,9 @@ def test_bad_model_entries_name_the_key(entry, key):
 
 @pytest.mark.parametrize("bad,key", [({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
                                      ({"sampler": "zipf"}, "sampler"), ({"devices": "all"}, "devices"),
-                                     ({"num_negatives": 0}, "num_negatives"), ({"max_len": 0}, "max_len")])
+                                     ({"num_negatives": 0}, "num_negatives"), ({"max_len": 0}, "max_len"),
+                                     ({"strategy": "ddp_spawn"}, "strategy"), ({"precision": "8-bit"}, "precision"),
+                                     ({"accelerator": "quantum"}, "accelerator")])
 def test_bad_train_values_name_the_key(bad, key):
     from components.config import from_dict
 
