@@ -240,6 +240,62 @@ def _train_and_evaluate(params: dict, protocol: str, variant: str, setting: str,
     return record
 
 
+def salvage(params: dict, threads: int) -> list[Path]:
+    """Record runs whose worker was stopped (deadline) from the best checkpoint they had written so far.
+
+    components.train's ModelCheckpoint keeps ``ckpt/best.ckpt`` (best valid Recall@50 so far) in the run's
+    staging folder; the record gets ``train.truncated = true`` and the epochs completed, and the report flags
+    it. Only for runs without a cached record and without a live lock: stop the workers first.
+    """
+    import torch
+
+    import models as M
+    from components.config import section
+    from components.evaluate import EvaluateConfig, evaluate_model
+    from components.io import write_json
+    from components.train import TrainConfig
+    from components.train_data import load_split_meta
+
+    torch.set_num_threads(threads)
+    names = {v.replace("+", "_"): v for v in VARIANTS}
+    done = []
+    for ckpt in sorted((OUT / "models").glob("*/*/*/.seed*.tmp-*/ckpt/best.ckpt")):
+        staging = ckpt.parent.parent
+        protocol, vdir, setting = staging.parts[-4:-1]
+        seed = int(staging.name.split(".tmp-")[0][len(".seed"):])
+        variant = names[vdir]
+        path = run_path(protocol, variant, setting, seed)
+        if path.exists():
+            continue
+        path.with_suffix(".lock").unlink(missing_ok=True)
+        split_dir = prepare_split(params, protocol)
+        cfg = section(params, "train", TrainConfig)
+        mc = model_config(params, variant, GRID[setting])
+        meta = load_split_meta(split_dir)
+        net = M.build_model(mc.arch, **{**mc.hparams, "num_items": meta.num_items,
+                                        "num_categories": meta.num_categories,
+                                        "profile_cardinalities": list(meta.profile_cardinalities),
+                                        "max_len": cfg.max_len})
+        M.set_item_category(net, meta.item_category)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        net.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
+        ecfg = dataclasses.replace(section(params, "evaluate", EvaluateConfig), topn=list(TOPN), faiss_check=False,
+                                   heatmap_users=0)
+        res = evaluate_model(ecfg, net, split_dir, max_len=cfg.max_len, seed=seed)
+        csv = staging / "logs" / "metrics.csv"
+        epochs = max(len(csv.read_text().strip().splitlines()) - 1, 0) if csv.exists() else None
+        record = {"protocol": protocol, "variant": variant, "setting": setting, "overrides": GRID[setting],
+                  "seed": seed, "metrics": res["metrics"], "lambda_sweep": res["lambda_sweep"],
+                  "train": {"epochs": epochs, "best_epoch": int(state["epoch"]), "truncated": True},
+                  "train_wall_s": time.time() - staging.stat().st_ctime, "eval_wall_s": None,
+                  "max_epochs": BUDGET_EPOCHS}
+        write_json(path, record)
+        done.append(path)
+        print(f"salvaged {protocol} {variant} {setting} seed {seed}: {epochs} epochs, valid R@50 "
+              f"{res['metrics']['valid.recall@50']:.4f} test R@50 {res['metrics']['test.recall@50']:.4f}", flush=True)
+    return done
+
+
 def load_runs() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((OUT / "runs").glob("*/*/*/seed*.json"))]
 
@@ -309,7 +365,8 @@ def build_result(runs: list[dict], tune_seed: int, quick: bool) -> dict:
         "all_runs": [{k: r[k] for k in ("protocol", "variant", "setting", "seed")} | {
             "valid.recall@50": r["metrics"]["valid.recall@50"], "test.recall@50": r["metrics"]["test.recall@50"],
             "epochs": r["train"].get("epochs"), "best_epoch": r["train"].get("best_epoch"),
-            "max_epochs": r.get("max_epochs"), "train_wall_s": round(r["train_wall_s"], 1)} for r in runs],
+            "max_epochs": r.get("max_epochs"), "truncated": bool(r["train"].get("truncated", False)),
+            "train_wall_s": round(r["train_wall_s"], 1)} for r in runs],
     }
 
 
@@ -322,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--protocols", default="sg,loo", help="sg (strong generalization), loo (leave-one-out)")
     ap.add_argument("--grid", default=",".join(GRID), help=f"grid points to tune over: {', '.join(GRID)}")
     ap.add_argument("--tune-seed", type=int, default=SEEDS[0], help="seed of the tuning runs")
-    ap.add_argument("--stage", choices=("all", "tune", "final", "aggregate"), default="all")
+    ap.add_argument("--stage", choices=("all", "tune", "final", "salvage", "aggregate"), default="all",
+                    help="salvage: record stopped runs from their best checkpoint so far (stop workers first)")
     ap.add_argument("--max-epochs", type=int, default=BUDGET_EPOCHS, help="cap on train.max_epochs, the same "
                     "for every model (0: params.yaml's train.max_epochs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -366,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
               f"test R@50 {r['metrics']['test.recall@50']:.4f} epochs {r['train'].get('epochs')} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
+    if args.stage == "salvage":
+        salvage(params, args.threads)
     if args.stage in ("all", "tune"):
         for v in variants:
             for setting in (grid if VARIANTS[v][0] != "most_popular" else ["default"]):

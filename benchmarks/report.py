@@ -167,8 +167,17 @@ def verdict(lower: dict | None, higher: dict | None) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- quality
+MODEL_ORDER = ["most_popular", "youtube_dnn", "mind", "mind+hn", "comirec_dr", "comirec_dr+hn", "comirec_sa",
+               "comirec_sa+hn", "umi"]
+
+
+def _ordered(d: dict) -> dict:
+    rank = {v: i for i, v in enumerate(MODEL_ORDER)}
+    return {k: d[k] for k in sorted(d, key=lambda k: (rank.get(k, len(rank)), k))}
+
+
 def quality_section(data: dict, img: Path, rel: str) -> list[str]:
-    res = data.get("results", {})
+    res = _ordered(data.get("results", {}))
     meta = data.get("meta", {})
     labels = meta.get("labels", {})
     lab = lambda v: labels.get(v, v)  # noqa: E731
@@ -188,16 +197,24 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
     # headline
     out.append("\n### Headline: test Recall@50 (strong generalization)\n")
     rows = []
+    all_runs = data.get("all_runs", [])
     for v, p in sg.items():
         m = p.get("recall@50")
         if not m:
             continue
         ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("n", 1) > 1 else "–"
         uci = m.get("user_ci")
+        setting = (data.get("tuning", {}).get(v) or {}).get("setting", "default")
+        used = [r for r in all_runs if r["variant"] == v and r["protocol"] == "sg" and r["setting"] == setting]
+        epochs = ", ".join(f"{r.get('epochs')}/{r.get('max_epochs')}" + (" †" if r.get("truncated") else "")
+                           for r in used)
         rows.append([lab(v), pm(m), str(m.get("n")), ci, f"[{uci[0]:.4f}, {uci[1]:.4f}]" if uci else "–",
-                     pm(p.get("valid.recall@50")), (data.get("tuning", {}).get(v) or {}).get("setting", "default")])
+                     pm(p.get("valid.recall@50")), setting, epochs or "–"])
     out.append(table(["model", "test Recall@50 (mean ± std)", "seeds", "seed CI of mean", "user CI",
-                      "valid Recall@50", "setting"], rows))
+                      "valid Recall@50", "setting", "epochs run / budget"], rows))
+    if any(r.get("truncated") for r in all_runs):
+        out.append("\n† stopped at the deadline before its epoch budget and early stopping ended it; evaluated "
+                   "from its best checkpoint so far (valid Recall@50), so a lower bound for its setting.")
     if sg:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -252,7 +269,7 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         out.append(f"\nLeave-one-out not run for: {', '.join(lab(v) for v in miss)}.")
 
     # tuning
-    tuning = data.get("tuning", {})
+    tuning = _ordered(data.get("tuning", {}))
     if tuning:
         grid = meta.get("grid", {})
         out.append("\n### Tuning on the valid users (valid Recall@50, seed "
@@ -279,7 +296,7 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
     for paper, claim, lo, hi in claims:
         vd, ev = verdict(g(lo), g(hi))
         rows.append([paper, claim, vd, ev])
-    sweeps = data.get("lambda_sweep", {})
+    sweeps = _ordered(data.get("lambda_sweep", {}))
     lam_rows = []
     multi = {v for vs in MULTI.values() for v in vs}
     for v, sw in sweeps.items():
@@ -331,6 +348,13 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         notes.append("Runs ended by the epoch budget with their best epoch the last one (still improving, so "
                      "their figures are lower bounds for this setting): "
                      + ", ".join(f"{lab(r['variant'])} {r['setting']} seed {r['seed']}" for r in capped) + ".")
+    cut = [r for r in runs if r.get("truncated")]
+    if cut:
+        notes.append("Runs stopped at the deadline (†), evaluated from their best checkpoint so far: "
+                     + ", ".join(f"{lab(r['variant'])} {r['setting']} seed {r['seed']} after {r.get('epochs')} of "
+                                 f"{r.get('max_epochs')} epochs" for r in cut)
+                     + ". Their budget was smaller than the others', so orderings involving them are not "
+                       "like-for-like.")
     one_seed = [lab(v) for v, p in sg.items() if p.get("recall@50", {}).get("n", 0) == 1]
     if one_seed:
         notes.append("One seed only (no seed spread; the user CI is the noise shown): " + ", ".join(one_seed) + ".")
@@ -341,7 +365,7 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
     if runs:
         out.append("\n### Every run in the cache\n")
         keys = ["variant", "protocol", "setting", "seed", "valid.recall@50", "test.recall@50", "epochs",
-                "best_epoch", "max_epochs", "train_wall_s"]
+                "best_epoch", "max_epochs", "truncated", "train_wall_s"]
         keys = [k for k in keys if any(k in r for r in runs)]
         out.append(table(keys, [[r.get(k) for k in keys] for r in runs]))
     return out
@@ -373,6 +397,20 @@ def planted_section(data: dict, img: Path, rel: str) -> list[str]:
         ax.set_title(f"noise {nz}")
         ax.legend(fontsize=7)
     out.append("\n" + save(fig, img, "planted_recall.png", rel))
+    # generated summary: best multi-interest model minus YouTube DNN per setting
+    gains = []
+    for k in sorted({r["interests"] for r in rows}):
+        for nz in noises:
+            base = [r["recall@50"] for r in rows if r["interests"] == k and r["noise"] == nz
+                    and r["model"] == "youtube_dnn"]
+            multi = [(r["recall@50"], r["model"]) for r in rows if r["interests"] == k and r["noise"] == nz
+                     and r["model"] != "youtube_dnn"]
+            if base and multi:
+                best = max(multi)
+                gains.append(f"{k} interests, noise {nz}: {best[1]} {best[0] - base[0]:+.3f}")
+    if gains:
+        out.append("\nBest multi-interest Recall@50 minus YouTube DNN (one training seed; no seed spread measured "
+                   "here): " + "; ".join(gains) + ".")
     fig, axes = plt.subplots(1, len(noises), figsize=(4.5 * len(noises), 3.4), squeeze=False)
     for ax, nz in zip(axes[0], noises):
         for m in models:
