@@ -28,8 +28,8 @@ Choices the papers/issue leave open:
 - Bundle name = model variant + first 12 hex digits of the content hash (sha256 over the bundle files but
   the manifest, and the manifest's model/params/data-version block), so re-exporting the same model is a
   no-op rename.
-- Data version: the DVC md5 of the split folder from ``dvc.lock`` when an entry for it exists, else a
-  sha256 over the split folder's files (``sha256:...``).
+- Data version: the DVC md5 of the split from ``dvc.lock`` (the folder's hash, or a hash of its files'
+  recorded md5s when they still match the files), else a sha256 over the split folder's files.
 """
 from __future__ import annotations
 
@@ -106,7 +106,12 @@ def sha256_file(path: Path) -> str:
 
 
 def data_version(split_dir: Path, dvc_lock: Path | None = None) -> str:
-    """The split's DVC hash from ``dvc.lock`` (``md5:<hash>``), else ``sha256:<hash>`` of its files."""
+    """The split's DVC hash from ``dvc.lock``, else ``sha256:<hash>`` of the split folder's files.
+
+    ``dvc.lock`` may record the split folder as one output (``md5:<hash>.dir``, returned as is) or its files
+    one by one; then the version is ``md5:`` + the md5 of the sorted ``relative path:md5`` lines, used only
+    if every recorded md5 still matches the file on disk (a stale lock falls back to the content hash).
+    """
     split_dir = Path(split_dir)
     if dvc_lock is not None and Path(dvc_lock).exists():
         import yaml
@@ -116,17 +121,34 @@ def data_version(split_dir: Path, dvc_lock: Path | None = None) -> str:
         except yaml.YAMLError as exc:
             raise DataError(f"not valid YAML ({exc})", path=dvc_lock) from None
         target = split_dir.resolve()
+        files: dict[str, str] = {}
         for stage in (lock.get("stages") or {}).values():
             for out in (stage or {}).get("outs") or []:
-                if isinstance(out, dict) and "path" in out and out.get("md5"):
-                    if (Path(dvc_lock).parent / out["path"]).resolve() == target:
-                        return f"md5:{out['md5']}"
+                if not (isinstance(out, dict) and "path" in out and out.get("md5")):
+                    continue
+                p = (Path(dvc_lock).parent / out["path"]).resolve()
+                if p == target:
+                    return f"md5:{out['md5']}"
+                if target in p.parents:
+                    files[str(p.relative_to(target))] = str(out["md5"])
+        if files and all((target / rel).is_file() and _md5_file(target / rel) == md5
+                         for rel, md5 in files.items()):
+            lines = "".join(f"{rel}:{files[rel]}\n" for rel in sorted(files))
+            return f"md5:{hashlib.md5(lines.encode()).hexdigest()}"
     if not split_dir.is_dir():
         raise DataError("split folder not found", path=split_dir)
     h = hashlib.sha256()
     for p in sorted(q for q in split_dir.rglob("*") if q.is_file()):
         h.update(str(p.relative_to(split_dir)).encode() + b"\0" + sha256_file(p).encode() + b"\0")
     return f"sha256:{h.hexdigest()}"
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -277,9 +277,16 @@ def test_faiss_check_agrees_with_exact(tmp_path):
     model_dir = save_random_model(split, tmp_path / "m")
     import models
 
-    res = E.evaluate_model(_cfg(), models.load_model(model_dir / "model.pt"), split, max_len=6, seed=0)
+    model = models.load_model(model_dir / "model.pt")
+    res = E.evaluate_model(_cfg(), model, split, max_len=6, seed=0)
     assert res["faiss_check"]["max_abs_gap"] < 1e-9
     assert res["faiss_check"]["list_agreement"] == pytest.approx(1.0)
+    assert res["faiss_check"]["exact_metrics"]["test.recall@10"] == res["metrics"]["test.recall@10"]
+    # an approximate index (IVF: 16 of 32 lists probed) shows up as a gap or disagreement
+    res = E.evaluate_model(_cfg(faiss_factory="IVF32,Flat", diversity_lambda=0.5), model, split, max_len=6,
+                           seed=0)
+    assert res["faiss_check"]["factory"] == "IVF32,Flat"
+    assert res["faiss_check"]["list_agreement"] < 1.0
 
 
 def test_run_writes_dvc_outputs_and_keeps_old_outputs_on_failure(tmp_path):
@@ -329,6 +336,7 @@ def test_coupling_heatmap_for_routing_models(tmp_path, arch):
     for u in users:
         w = np.asarray(u["weights"])  # (K', L)
         assert w.shape[1] == len(u["items"]) == 6  # the longest test histories fill max_len
+        assert all(c.startswith("c") for c in u["categories"])  # labelled by category name
         assert np.allclose(w.sum(axis=0), 1.0, atol=1e-4)
     if arch == "comirec_dr":  # newest-first routing positions are mapped back to history order
         import models

@@ -102,15 +102,25 @@ def test_manifest_records_what_serving_and_audits_need(paths):
 
 
 def test_data_version_prefers_the_dvc_lock_entry(tmp_path):
+    import hashlib
+
     split = make_split(tmp_path / "data" / "split")
     lock = tmp_path / "dvc.lock"
     lock.write_text("schema: '2.0'\nstages:\n  split:\n    cmd: x\n    outs:\n    - path: data/split\n"
                     "      hash: md5\n      md5: 0123abcd.dir\n      size: 1\n      nfiles: 7\n")
     assert X.data_version(split, lock) == "md5:0123abcd.dir"
+    # per-file outputs (as this repo's dvc.yaml declares them): a hash of their md5s, while they match
+    names = ["items.parquet", "test.parquet"]
+    md5 = {n: hashlib.md5((split / n).read_bytes()).hexdigest() for n in names}
+    lock.write_text("stages:\n  split:\n    outs:\n" + "".join(
+        f"    - path: data/split/{n}\n      md5: {md5[n]}\n" for n in names))
+    expected = hashlib.md5("".join(f"{n}:{md5[n]}\n" for n in sorted(names)).encode()).hexdigest()
+    assert X.data_version(split, lock) == f"md5:{expected}"
     v1 = X.data_version(split, tmp_path / "missing.lock")
     assert v1.startswith("sha256:") and v1 == X.data_version(split, None)
-    (split / "stats.json").write_text('{"changed": 1}')
-    assert X.data_version(split, None) != v1  # content hash follows the data
+    (split / "items.parquet").write_bytes((split / "items.parquet").read_bytes() + b" ")  # lock is now stale
+    assert X.data_version(split, lock).startswith("sha256:")
+    assert X.data_version(split, None) != v1  # the content hash follows the data
 
 
 def test_champion_is_re_evaluated_when_the_data_changed(paths):
