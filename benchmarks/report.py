@@ -423,7 +423,7 @@ def planted_section(data: dict, img: Path, rel: str) -> list[str]:
         ax.set_ylabel("NMI (behaviour → interest)")
         ax.set_title(f"noise {nz}")
         ax.legend(fontsize=7)
-    out.append(save(fig, img, "planted_nmi.png", rel))
+    out.append("\n" + save(fig, img, "planted_nmi.png", rel))
     return out
 
 
