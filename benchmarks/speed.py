@@ -11,7 +11,7 @@ Sweeps (one fresh subprocess per configuration, so peak memory never accumulates
 child's own ``ru_maxrss`` through ``os.wait4``, i.e. RUSAGE_CHILDREN of exactly that child):
 
 - ``history_length``: L = train.max_len in {20, 50, 100, 200} for MIND, ComiRec-SA and YouTube DNN
-  (MovieLens-100K split, whose train sequences are long enough: median ~50, max ~600);
+  (MovieLens-100K split: train sequences median 66, max 648 items, 16 % of train users have >= 200);
 - ``num_interests``: K in {1, 2, 4, 8} for MIND and ComiRec-DR (MovieLens-100K, L = train.max_len);
 - ``catalogue_size``: 10k, 100k, 500k, 2M items for MIND with sampled softmax (num_negatives uniform
   negatives over the whole catalogue). Choice: the catalogue is the MovieLens-100K split's items padded
@@ -31,9 +31,10 @@ Each row records ``load_avg_1m`` (before, after) so readers can judge the noise:
 ``samples_per_cpu_s`` uses the process CPU time of the same span, which a busy machine inflates far less.
 ``s_per_epoch`` = (train samples of the split) / samples_per_s: an extrapolation, not a timed epoch.
 
-    .venv/bin/python benchmarks/speed.py                                  # everything (~20 min on 2 busy cores)
+    .venv/bin/python benchmarks/speed.py                                  # everything (~25 min on 2 cores at load ~11)
     .venv/bin/python benchmarks/speed.py --sweeps history_length,dynamic_k --steps 30
     .venv/bin/python benchmarks/speed.py --print                          # the table of the saved JSON
+    .venv/bin/python benchmarks/speed.py --plot                           # redraw the PNGs from it
 
 Writes ``benchmarks/results/speed.json`` and ``benchmarks/results/img/speed_<sweep>.png``.
 Work files (splits) go to ``benchmarks/out/speed/`` (ignored by git) and are reused when present.
@@ -230,7 +231,7 @@ def measure_training(params: dict, variant: str, split_dir: Path, *, steps: int,
 
 
 def dynamic_k_serving(params: dict, split_dir: Path, *, max_lens: list[int], ks: list[int],
-                      repeats: int = 20) -> list[dict]:
+                      repeats: int = 100) -> list[dict]:
     """MIND eq. 9 dynamic K vs fixed K on the valid+test users of ``split_dir`` (eval mode, no grad).
 
     Returns one row per (L, K, dynamic): mean/min active interests, the share of users below K, and the
@@ -365,12 +366,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--catalogue", default=",".join(map(str, CATALOGUE_SIZES)), help="catalogue sizes")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--print", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--plot", action="store_true", help="redraw the PNGs from --out and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args.worker)
     if args.print:
         return print_table(json.loads(args.out.read_text()))
+    if args.plot:
+        return print("\n".join(str(p) for p in plot(json.loads(args.out.read_text()))))
 
     params = yaml.safe_load(args.params.read_text())
     params["train"]["num_threads"] = params["train"].get("num_threads") or 1
@@ -385,7 +389,12 @@ def main(argv: list[str] | None = None) -> None:
                          "python": platform.python_version(), "load_avg_at_start": list(os.getloadavg()),
                          "torch_threads": params["train"]["num_threads"],
                          "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    result["command"] = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # the command that regenerates every figure; "runs" lists the invocations that wrote this file (a sweep
+    # subset re-run replaces only its own sweeps)
+    result["command"] = f".venv/bin/python benchmarks/speed.py --steps {args.steps} --warmup {args.warmup}"
+    result.setdefault("runs", []).append({
+        "command": "benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "sweeps": sweeps, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     result["config"] = {"steps": args.steps, "warmup": args.warmup,
                         "batch_size": params["train"]["batch_size"],
                         "num_negatives": params["train"]["num_negatives"], "sampler": params["train"]["sampler"],
@@ -473,12 +482,13 @@ def plot(result: dict) -> list[Path]:
         if not rows:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for model in sorted({r["model"] for r in rows}):
+        for i, model in enumerate(sorted({r["model"] for r in rows})):
             rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["value"])
-            x = [r["value"] for r in rs]
-            axes[0].plot(x, [r["samples_per_s"] for r in rs], "o-", label=f"{model} (wall)")
-            axes[0].plot(x, [r["samples_per_cpu_s"] for r in rs], "x--", alpha=0.6, label=f"{model} (per CPU-s)")
-            axes[1].plot(x, [r["peak_rss_mb"] for r in rs], "o-", label=model)
+            x, c = [r["value"] for r in rs], f"C{i}"
+            axes[0].plot(x, [r["samples_per_s"] for r in rs], "o-", color=c, label=f"{model} (wall clock)")
+            axes[0].plot(x, [r["samples_per_cpu_s"] for r in rs], "x--", color=c, alpha=0.6,
+                         label=f"{model} (per CPU-second)")
+            axes[1].plot(x, [r["peak_rss_mb"] for r in rs], "o-", color=c, label=model)
         for ax in axes:
             ax.set_xlabel(labels.get(sweep, sweep))
             if sweep in ("catalogue_size", "num_users"):
