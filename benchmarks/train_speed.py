@@ -9,7 +9,9 @@ is per model — and reports:
   shared machine inflates far less than wall time;
 - seconds per epoch (training part) and validation seconds per epoch, epochs run until early stopping;
 - peak resident memory of the training process;
-- test Recall/NDCG/HitRate@50 of the best checkpoint (components.evaluate, strong generalization).
+- test Recall/NDCG/HitRate@50 of the best checkpoint (components.evaluate, strong generalization);
+- where the time goes: CPU milliseconds per training step by phase (batch gathering, user tower, item
+  embeddings + loss, backward, Adam), measured in a plain loop with the trainer's own pieces.
 
 Targets (issue 3): at least twice a reference library's throughput at batch 256, 50 negatives, d = 64 on a
 2-core machine — YouTube DNN 28,600, MIND 15,900, ComiRec-DR 15,900, ComiRec-SA 13,100 samples/s.
@@ -21,6 +23,7 @@ split CLIs into ``benchmarks/out/train_speed/`` (ignored by git).
     .venv/bin/python benchmarks/train_speed.py                          # all models, params.yaml as is
     .venv/bin/python benchmarks/train_speed.py --models youtube_dnn,mind --threads 1
     .venv/bin/python benchmarks/train_speed.py --max-epochs 2 --no-eval  # throughput only, quick
+    .venv/bin/python benchmarks/train_speed.py --profile-only            # where a step's time goes
 
 Writes ``benchmarks/results/train_speed.json`` and prints a table.
 """
@@ -77,6 +80,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="train.num_threads (default: params)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override train.max_epochs")
     parser.add_argument("--no-eval", action="store_true", help="skip the test metrics")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the per-phase CPU profile of a training step (no training runs)")
     args = parser.parse_args()
 
     params = yaml.safe_load(args.params.read_text())
@@ -92,6 +97,15 @@ def main() -> None:
     names = args.models.split(",") if args.models else list(params["train"]["models"])
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
+    if args.profile_only:  # printed, and merged into an existing results file
+        prof = profile_phases(split, params, names)
+        print_profile(prof)
+        if RESULT.exists():
+            result = json.loads(RESULT.read_text())
+            result.setdefault("profile_cpu_ms_per_step", {}).update(prof)
+            result["profile_load_average"] = os.getloadavg()
+            RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return
     rows = {}
     load_before = os.getloadavg()
     for name in names:
@@ -100,7 +114,7 @@ def main() -> None:
         _run([PY, "-m", "components.train", "--params", str(bench_params), "--model", name, "--split", str(split),
               "--out", str(model_dir)], env)
         train = json.loads((model_dir / "train.json").read_text())
-        row = {k: train.get(k) for k in ("samples_per_s", "seconds_per_epoch", "cpu_seconds_per_epoch",
+        row = {k: train.get(k) for k in ("arch", "samples_per_s", "seconds_per_epoch", "cpu_seconds_per_epoch",
                                          "val_seconds_per_epoch", "epochs", "best_epoch", "peak_rss_mb",
                                          "peak_gpu_mb", "train_samples", "torch_threads", "wall_seconds",
                                          "best_val_recall@50")}
@@ -128,11 +142,87 @@ def main() -> None:
                    "split": str(split)},
         "models": rows,
     }
+    result["profile_cpu_ms_per_step"] = prof = profile_phases(split, params, names)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print_table(rows)
+    print_profile(prof)
     print(f"load average before/after: {load_before} / {result['machine']['load_average_after']}")
     print(f"-> {RESULT}")
+
+
+def profile_phases(split: Path, params: dict, names: list[str], steps: int = 60) -> dict:
+    """CPU milliseconds per training step by phase — batch gathering, user tower, item embeddings + loss,
+    backward, Adam — for each model at its params, in a plain loop with the trainer's own pieces.
+
+    Process CPU time (not wall) so a busy machine distorts it less; the Lightning loop adds its own few
+    percent on top (compare ``cpu_seconds_per_epoch`` of train.json).
+    """
+    import numpy as np
+    import torch
+
+    import models as M
+    from components.config import from_dict
+    from components.train import ModelConfig, TrainConfig
+    from components.train_data import EpochBatchSampler, PrefixDataset, load_split_meta, read_ragged
+    from models.loss import NegativeSampler, sampled_softmax_loss
+
+    meta = load_split_meta(split)
+    seqs = read_ragged(split / "train.parquet", "items", meta.num_items, meta.profiles.shape[0])
+    out = {}
+    for name in names:
+        mc = ModelConfig.from_params(params, name)
+        cfg = mc.train_config(from_dict(TrainConfig, params["train"], "train"))
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(0)
+        net = M.build_model(mc.arch, **mc.hparams, num_items=meta.num_items, num_categories=meta.num_categories,
+                            profile_cardinalities=list(meta.profile_cardinalities), max_len=cfg.max_len)
+        if not M.is_trainable(net):
+            continue
+        M.set_item_category(net, meta.item_category)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
+        ds = PrefixDataset(seqs, meta.profiles, cfg.max_len)
+        sampler = NegativeSampler(cfg.sampler, meta.item_counts if cfg.sampler != "uniform" else meta.num_items)
+        gen = torch.Generator().manual_seed(0)
+        batches = iter(EpochBatchSampler(len(ds), cfg.batch_size, seed=0))
+        phases = dict.fromkeys(("batch", "user_tower", "items_and_loss", "backward", "adam"), 0.0)
+        n = 0
+        for step in range(steps + 10):
+            t = [time.process_time()]
+            try:
+                batch = ds[next(batches)]
+            except StopIteration:
+                break
+            t.append(time.process_time())
+            interests, imask = net.user_interests(batch["history"], batch["mask"], batch["profile"])
+            t.append(time.process_time())
+            pos = batch["target"]
+            neg = sampler.sample(cfg.num_negatives, gen)
+            emb = net.item_embeddings(torch.cat([pos, neg]))
+            loss = sampled_softmax_loss(interests, imask, pos, emb[: len(pos)], neg, emb[len(pos):],
+                                        attention_pow=mc.attention_pow, harder_negatives=mc.harder_negatives)
+            t.append(time.process_time())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(time.process_time())
+            opt.step()
+            t.append(time.process_time())
+            if step >= 10:  # warm-up excluded
+                for k, a, b in zip(phases, t[:-1], t[1:]):
+                    phases[k] += b - a
+                n += 1
+        out[name] = {k: 1e3 * v / max(n, 1) for k, v in phases.items()}
+        out[name]["total"] = sum(out[name].values())
+        out[name]["samples_per_cpu_s"] = cfg.batch_size / (out[name]["total"] / 1e3)
+    return out
+
+
+def print_profile(prof: dict) -> None:
+    keys = ("batch", "user_tower", "items_and_loss", "backward", "adam", "total")
+    print("CPU ms per step: " + " ".join(f"{k:>15}" for k in keys) + f"{'samples/cpu-s':>15}")
+    for name, p in prof.items():
+        print(f"{name:<16}" + " ".join(f"{p[k]:15.2f}" for k in keys) + f"{p['samples_per_cpu_s']:15.0f}")
 
 
 def print_table(rows: dict) -> None:
@@ -142,7 +232,10 @@ def print_table(rows: dict) -> None:
     print("-" * len(head))
     for name, r in rows.items():
         def f(v, fmt):
-            return format(v, fmt) if isinstance(v, (int, float)) else "-"
+            width = int(fmt.split(".")[0].rstrip("dfs") or 0)
+            return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
+        if r.get("arch") == "most_popular":  # "trained" by counting: no throughput to speak of
+            r = {**r, "samples_per_s": None, "samples_per_cpu_s": None, "seconds_per_epoch": None}
         print(f"{name:<13}{f(r['samples_per_s'], '10.0f')}{f(r['samples_per_cpu_s'], '9.0f')}"
               f"{f(r['target_samples_per_s'], '9.0f')}{f(r['seconds_per_epoch'], '9.2f')}{f(r['epochs'], '7d')}"
               f"{f(r['peak_rss_mb'], '9.0f')}{f(r.get('test_recall@50'), '8.4f')}"

@@ -208,7 +208,8 @@ def _retrieval_recall(model, batch: dict, item_emb, n: int):
     from components.retrieval import topn
 
     interests, interest_mask = model.user_interests(batch["history"], batch["mask"], batch["profile"])
-    _, items = topn(interests.float(), interest_mask, item_emb.float(), n, exclude=batch["exclude"])  # (B, n)
+    with torch.autocast(device_type=interests.device.type, enabled=False):  # rank in float32 under AMP
+        _, items = topn(interests.float(), interest_mask, item_emb.float(), n, exclude=batch["exclude"])  # (B, n)
     targets = batch["targets"]                                                                     # (B, T)
     valid = targets > 0
     hits = ((items.unsqueeze(2) == targets.unsqueeze(1)) & valid.unsqueeze(1)).sum(dim=(1, 2))      # (B,)
