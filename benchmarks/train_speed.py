@@ -158,7 +158,6 @@ def profile_phases(split: Path, params: dict, names: list[str], steps: int = 60)
     Process CPU time (not wall) so a busy machine distorts it less; the Lightning loop adds its own few
     percent on top (compare ``cpu_seconds_per_epoch`` of train.json).
     """
-    import numpy as np
     import torch
 
     import models as M
