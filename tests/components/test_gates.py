@@ -62,7 +62,7 @@ def test_gates_config_is_strict():
 # ---------------------------------------------------------------------------------------- MovieLens-100K
 @pytest.fixture(scope="module")
 def movielens(tmp_path_factory):
-    """ML-100K ingested and split with the project's params; YouTube DNN trained briefly (1 epoch, large
+    """ML-100K ingested and split with the project's params; YouTube DNN trained briefly (3 epochs, large
     batch, lr 0.01 — the CI budget); MostPopular counted; a broken copy of the YouTube DNN with random
     item embeddings; all three evaluated."""
     import models
@@ -75,8 +75,8 @@ def movielens(tmp_path_factory):
                                            "raw_dir": str(ROOT / "data" / "raw" / "ml-100k")}, "ingest")
     ingest.run(icfg, root / "canonical", seed=seed)
     split.run(section(params, "split", split.SplitConfig), root / "canonical", root / "split", seed=seed)
-    tcfg = from_dict(train.TrainConfig, {**params["train"], "max_epochs": 1, "batch_size": 1024, "lr": 0.01,
-                                         "num_negatives": 20, "patience": 1, "progress_refresh": 0,
+    tcfg = from_dict(train.TrainConfig, {**params["train"], "max_epochs": 3, "batch_size": 512, "lr": 0.01,
+                                         "num_negatives": 20, "patience": 3, "progress_refresh": 0,
                                          "accelerator": "cpu", "devices": 1, "strategy": "auto",
                                          "num_nodes": 1, "num_workers": 0}, "train")
     zoo = {"youtube_dnn": {"arch": "youtube_dnn", "dim": 32}, "most_popular": {"arch": "most_popular"}}
@@ -115,18 +115,18 @@ def test_export_promotes_a_good_candidate_and_blocks_a_broken_one(movielens, tmp
 
     def write_params(candidate):
         doc = {k: params[k] for k in ("seed", "evaluate", "gates", "models")}
-        doc["export"] = {**params["export"], "candidate": candidate, "baseline": "youtube_dnn"}
+        doc["export"] = {**params["export"], "candidate": candidate, "baseline": "most_popular"}
         p.write_text(json.dumps(doc))  # JSON is YAML
 
     args = ["--params", str(p), "--models-dir", str(root / "models"), "--eval-dir", str(root / "eval"),
             "--index-dir", str(tmp_path / "index"), "--split", str(root / "split"),
             "--bundles", str(tmp_path / "bundles"), "--dvc-lock", str(tmp_path / "dvc.lock")]
-    write_params("most_popular")
-    X.main(args)  # first run: YouTube DNN becomes champion, MostPopular passes and is promoted
+    write_params("youtube_dnn")
+    X.main(args)  # first run: MostPopular becomes champion, the trained YouTube DNN passes and is promoted
     champion = json.loads((tmp_path / "bundles" / "champion").read_text())
-    assert champion["model"] == "most_popular"
+    assert champion["model"] == "youtube_dnn"
     ab = json.loads((tmp_path / "bundles" / "ab.json").read_text())
-    assert ab["control"]["model"] == "youtube_dnn" and ab["treatment"]["model"] == "most_popular"
+    assert ab["control"]["model"] == "most_popular" and ab["treatment"]["model"] == "youtube_dnn"
     capsys.readouterr()
 
     write_params("broken")
@@ -136,6 +136,6 @@ def test_export_promotes_a_good_candidate_and_blocks_a_broken_one(movielens, tmp
     assert exc.value.code == 1
     m = movielens["metrics"]
     assert "[FAIL] floor test.recall@50" in err and f"{m['broken']['test.recall@50']:.4f}" in err
-    assert "[FAIL] relative test.recall@50" in err and f"{m['most_popular']['test.recall@50']:.4f}" in err
+    assert "[FAIL] relative test.recall@50" in err and f"{m['youtube_dnn']['test.recall@50']:.4f}" in err
     assert json.loads((tmp_path / "bundles" / "champion").read_text()) == champion  # not promoted
     assert not any(d.name.startswith("broken-") for d in (tmp_path / "bundles").iterdir())
