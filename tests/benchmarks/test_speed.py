@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,12 +57,23 @@ def params() -> dict:
 
 
 def test_run_measured_reports_each_childs_own_peak():
-    big = speed.run_measured([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok')"])
-    small = speed.run_measured([sys.executable, "-c", "print('ok')"])
+    # Measured from a fresh, small parent as benchmarks/speed.py runs: Linux keeps a process's peak RSS across
+    # fork+exec, so a child of this pytest process (torch already imported, ~500 MB) would start from our peak.
+    probe = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks import speed
+big = speed.run_measured([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok')"])
+small = speed.run_measured([sys.executable, "-c", "print('ok')"])
+fail = speed.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+print(json.dumps({"big": big, "small": small, "fail": fail}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe, str(REPO)], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    big, small, fail = res["big"], res["small"], res["fail"]
     assert big["rc"] == 0 and big["stdout"].strip() == "ok"
     assert big["peak_rss_mb"] >= 200
     assert small["peak_rss_mb"] < 100  # not the big child's peak
-    fail = speed.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
     assert fail["rc"] == 3
 
 
