@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from components.config import ParamsError, load_params, section
-from components.io import DataError, atomic_dir, atomic_path, cli_main, read_parquet, write_json
+from components.io import DataError, atomic_dir, atomic_path, cli_main, read_json, read_parquet, write_json
 
 METRICS = ("recall", "ndcg", "hitrate", "precision", "diversity")
 SPLITS = ("valid", "test")
@@ -132,15 +132,7 @@ def load_catalogue(split_dir: str | Path) -> Catalogue:
     """``vocab.json`` and ``items.parquet`` of a split directory (docs/CONTRACTS.md), checked."""
     split_dir = Path(split_dir)
     vocab_path = split_dir / "vocab.json"
-    try:
-        vocab = json.loads(vocab_path.read_text())
-    except FileNotFoundError:
-        raise DataError("file not found", path=vocab_path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({exc})", path=vocab_path) from None
-    for key in ("num_items", "num_categories", "profile_fields"):
-        if key not in vocab:
-            raise DataError(f"missing key '{key}'", path=vocab_path)
+    vocab = read_json(vocab_path, ("num_items", "num_categories", "profile_fields"))
     num_items, num_categories = int(vocab["num_items"]), int(vocab["num_categories"])
     path = split_dir / "items.parquet"
     items = read_parquet(path, ["item_idx", "item_id", "category_idx", "train_count"])

@@ -156,3 +156,18 @@ def cli_main(fn: Callable[[], Any]) -> None:
     except (DataError, ParamsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+def read_json(path: str | Path, required: Sequence[str] = ()) -> Any:
+    """Read a JSON file with a :class:`DataError` for a missing file, bad JSON or a missing required key."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON ({exc})", path=path) from None
+    for key in required:
+        if not isinstance(obj, dict) or key not in obj:
+            raise DataError(f"missing key '{key}'", path=path)
+    return obj

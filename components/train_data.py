@@ -24,7 +24,6 @@ full-set mean.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from components.io import DataError, read_parquet, read_table
+from components.io import DataError, read_json, read_parquet, read_table
 
 
 # ----------------------------------------------------------------------------------------------- split tables
@@ -63,15 +62,7 @@ def load_split_meta(split_dir: str | Path) -> SplitMeta:
     """
     split_dir = Path(split_dir)
     vocab_path = split_dir / "vocab.json"
-    try:
-        vocab = json.loads(vocab_path.read_text())
-    except FileNotFoundError:
-        raise DataError("file not found", path=vocab_path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({exc})", path=vocab_path) from None
-    for key in ("num_items", "num_categories", "profile_fields", "profile_cardinalities"):
-        if key not in vocab:
-            raise DataError(f"missing key '{key}'", path=vocab_path)
+    vocab = read_json(vocab_path, ("num_items", "num_categories", "profile_fields", "profile_cardinalities"))
     num_items, num_categories = int(vocab["num_items"]), int(vocab["num_categories"])
     fields = list(vocab["profile_fields"])
     cards = [int(c) for c in vocab["profile_cardinalities"]]
