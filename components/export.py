@@ -48,7 +48,7 @@ import numpy as np
 
 from components.config import load_params, section
 from components.gates import GateFailed, GateResult, GatesConfig, check
-from components.io import DataError, atomic_dir, cli_main, write_json
+from components.io import DataError, atomic_dir, cli_main, read_json, write_json
 
 BUNDLE_FILES = ("user_tower.pt", "item_embeddings.npy", "index.faiss", "item_ids.npy", "index.json",
                 "items.parquet", "vocab.json")
@@ -161,13 +161,6 @@ def library_versions() -> dict[str, str]:
             "numpy": np.__version__, "pandas": pandas.__version__, "pyarrow": pyarrow.__version__}
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({exc})", path=path) from None
 
 
 class UserTower:
@@ -295,7 +288,7 @@ def read_champion(bundles_dir: Path) -> dict[str, Any] | None:
     p = Path(bundles_dir) / "champion"
     if not p.exists():
         return None
-    ptr = _read_json(p)
+    ptr = read_json(p)
     if not isinstance(ptr, dict) or "bundle" not in ptr:
         raise DataError("champion pointer has no 'bundle' key", path=p)
     if not (Path(bundles_dir) / ptr["bundle"] / "manifest.json").exists():
@@ -357,19 +350,19 @@ def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[
     bundles = paths.bundles_dir
     version = data_version(paths.split_dir, paths.dvc_lock)
     exclude_history = bool((params.get("evaluate") or {}).get("exclude_history", True))
-    cand_metrics = _read_json(paths.eval_dir / cfg.candidate / "metrics.json")
+    cand_metrics = read_json(paths.eval_dir / cfg.candidate / "metrics.json")
     initial = None
     ptr = read_champion(bundles)
     if ptr is None:
-        base_metrics = _read_json(paths.eval_dir / cfg.baseline / "metrics.json")
+        base_metrics = read_json(paths.eval_dir / cfg.baseline / "metrics.json")
         gate0 = {"passed": True, "rules": [], "note": "initial champion (the baseline), not gated"}
         base_bundle = build_bundle(cfg.baseline, paths, params, base_metrics, gate0, version,
                                    exclude_history=exclude_history)
-        promote(bundles, base_bundle, _read_json(base_bundle / "manifest.json"))
+        promote(bundles, base_bundle, read_json(base_bundle / "manifest.json"))
         initial = base_bundle.name
         ptr = read_champion(bundles)
     champ_dir = bundles / ptr["bundle"]
-    champ_manifest = _read_json(champ_dir / "manifest.json")
+    champ_manifest = read_json(champ_dir / "manifest.json")
     champ_metrics = dict(champ_manifest.get("metrics") or {})
     champ_source = "manifest"
     if champ_manifest.get("data_version") != version:
@@ -385,7 +378,7 @@ def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[
         raise GateFailed(result)
     cand_bundle = build_bundle(cfg.candidate, paths, params, cand_metrics, decision, version,
                                exclude_history=exclude_history)
-    cand_manifest = _read_json(cand_bundle / "manifest.json")
+    cand_manifest = read_json(cand_bundle / "manifest.json")
     control = {"bundle": ptr["bundle"], "model": champ_manifest["model"],
                "content_hash": champ_manifest.get("content_hash")}
     treatment = {"bundle": cand_bundle.name, "model": cand_manifest["model"],

@@ -27,7 +27,6 @@ machines and Python versions.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from components.io import DataError
+from components.io import DataError, read_json
 
 
 class RequestError(ValueError):
@@ -82,8 +81,8 @@ class Recommender:
         import torch
 
         bundle_dir = Path(bundle_dir)
-        manifest = _read_json(bundle_dir / "manifest.json")
-        vocab = _read_json(bundle_dir / "vocab.json")
+        manifest = read_json(bundle_dir / "manifest.json")
+        vocab = read_json(bundle_dir / "vocab.json")
         for name in ("user_tower.pt", "item_embeddings.npy", "items.parquet"):
             if not (bundle_dir / name).exists():
                 raise DataError("file not found", path=bundle_dir / name)
@@ -267,7 +266,7 @@ class ABSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "ABSpec":
-        d = _read_json(Path(path))
+        d = read_json(Path(path))
         try:
             return cls(salt=d["salt"], num_buckets=int(d["num_buckets"]),
                        treatment_share=float(d["treatment_share"]), control=d.get("control", {}),
@@ -276,10 +275,3 @@ class ABSpec:
             raise DataError(f"not an A/B spec ({exc})", path=path) from None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({exc})", path=path) from None
