@@ -97,8 +97,21 @@ GRID: dict[str, dict[str, Any]] = {
     "default": {},
     "lr3e-3": {"lr": 0.003},
 }
+#: one-factor sweeps (issue 6: ComiRec Table 4, MIND Fig. 3), each around the variant's setting chosen on
+#: valid, at the tuning seed: name -> (variants, models.* key, values). The params.yaml value is one of the
+#: values and is not re-run: its point is the chosen run itself. ``None`` for attention_pow is p = ∞ (hard
+#: argmax, ComiRec eq. 8). The sweeps use the HN variants because those are what valid chose for MIND and
+#: ComiRec (an unchosen variant's curve would describe a model nobody ships).
+SWEEPS: dict[str, tuple[tuple[str, ...], str, tuple[Any, ...]]] = {
+    "K": (("comirec_dr+hn", "comirec_sa+hn"), "num_interests", (2, 4, 6, 8)),
+    "sigma": (("mind+hn",), "routing_sigma", (0.1, 1.0, 5.0)),
+    "p": (("mind+hn",), "attention_pow", (0.0, 1.0, 2.0, None)),
+}
 #: the training budget of every run: at most this many epochs (early stopping with train.patience inside)
 BUDGET_EPOCHS = 10
+#: (variant, models.* key) -> the params.yaml value, filled from params.yaml by main(); a sweep point with
+#: this value is the chosen run itself
+MODEL_DEFAULT: dict[tuple[str, str], Any] = {}
 BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 
@@ -169,8 +182,23 @@ def run_path(protocol: str, variant: str, setting: str, seed: int) -> Path:
     return OUT / "runs" / protocol / variant.replace("+", "_") / setting / f"seed{seed}.json"
 
 
+def sweep_setting(base: str, key: str, value: Any) -> str:
+    """The setting name of one sweep point: the chosen grid point plus one ``models.*`` override."""
+    return f"{base}+{key}={'inf' if value is None else value}"
+
+
+def setting_overrides(setting: str) -> dict[str, Any]:
+    """``models.<variant>`` overrides of a setting name: a GRID point, optionally ``+key=value`` (sweeps)."""
+    base, _, extra = setting.partition("+")
+    out = dict(GRID[base])
+    if extra:
+        key, _, raw = extra.partition("=")
+        out[key] = None if raw == "inf" else (int(raw) if raw.lstrip("-").isdigit() else float(raw))
+    return out
+
+
 def model_config(params: dict, variant: str, overrides: dict[str, Any]):
-    """The ModelConfig of ``variant`` with the grid point's ``train`` overrides."""
+    """The ModelConfig of ``variant`` with the setting's overrides (``train`` keys, sweep keys)."""
     from components.train import ModelConfig
 
     base, hn = VARIANTS[variant]
@@ -221,7 +249,7 @@ def _train_and_evaluate(params: dict, protocol: str, variant: str, setting: str,
     cfg = section(params, "train", train.TrainConfig)
     cfg = dataclasses.replace(cfg, progress_refresh=0, num_threads=threads,
                               **({"max_epochs": max_epochs} if max_epochs else {}))
-    mc = model_config(params, variant, GRID[setting])
+    mc = model_config(params, variant, setting_overrides(setting))
     model_dir = OUT / "models" / protocol / variant.replace("+", "_") / setting / f"seed{seed}"
     t0 = time.perf_counter()
     summary = train.run(cfg, mc, split_dir, model_dir, seed=seed)
@@ -230,8 +258,9 @@ def _train_and_evaluate(params: dict, protocol: str, variant: str, setting: str,
                                heatmap_users=0)
     model = load_model(model_dir / "model.pt")
     res = evaluate_model(ecfg, model, split_dir, max_len=mc.train_config(cfg).max_len, seed=seed)
-    record = {"protocol": protocol, "variant": variant, "setting": setting, "overrides": GRID[setting],
-              "seed": seed, "metrics": res["metrics"], "lambda_sweep": res["lambda_sweep"], "train": summary,
+    record = {"protocol": protocol, "variant": variant, "setting": setting,
+              "overrides": setting_overrides(setting), "seed": seed, "metrics": res["metrics"],
+              "lambda_sweep": res["lambda_sweep"], "train": summary,
               "train_wall_s": train_s, "eval_wall_s": time.perf_counter() - t0 - train_s,
               "max_epochs": mc.train_config(cfg).max_epochs}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +299,7 @@ def salvage(params: dict, threads: int) -> list[Path]:
         path.with_suffix(".lock").unlink(missing_ok=True)
         split_dir = prepare_split(params, protocol)
         cfg = section(params, "train", TrainConfig)
-        mc = model_config(params, variant, GRID[setting])
+        mc = model_config(params, variant, setting_overrides(setting))
         meta = load_split_meta(split_dir)
         net = M.build_model(mc.arch, **{**mc.hparams, "num_items": meta.num_items,
                                         "num_categories": meta.num_categories,
@@ -284,8 +313,8 @@ def salvage(params: dict, threads: int) -> list[Path]:
         res = evaluate_model(ecfg, net, split_dir, max_len=cfg.max_len, seed=seed)
         csv = staging / "logs" / "metrics.csv"
         epochs = max(len(csv.read_text().strip().splitlines()) - 1, 0) if csv.exists() else None
-        record = {"protocol": protocol, "variant": variant, "setting": setting, "overrides": GRID[setting],
-                  "seed": seed, "metrics": res["metrics"], "lambda_sweep": res["lambda_sweep"],
+        record = {"protocol": protocol, "variant": variant, "setting": setting,
+                  "overrides": setting_overrides(setting), "seed": seed, "metrics": res["metrics"], "lambda_sweep": res["lambda_sweep"],
                   "train": {"epochs": epochs, "best_epoch": int(state["epoch"]), "truncated": True},
                   "train_wall_s": time.time() - staging.stat().st_ctime, "eval_wall_s": None,
                   "max_epochs": BUDGET_EPOCHS}
@@ -304,7 +333,8 @@ def chosen_settings(runs: list[dict], variants: Sequence[str], tune_seed: int) -
     """Per variant: the grid point with the best valid Recall@50 among the tuning runs (sg, ``tune_seed``)."""
     out = {}
     for v in variants:
-        cands = [r for r in runs if r["variant"] == v and r["protocol"] == "sg" and r["seed"] == tune_seed]
+        cands = [r for r in runs if r["variant"] == v and r["protocol"] == "sg" and r["seed"] == tune_seed
+                 and r["setting"] in GRID]  # sweep points are not candidates
         if not cands:
             continue
         order = {s: i for i, s in enumerate(GRID)}
@@ -348,6 +378,30 @@ def build_result(runs: list[dict], tune_seed: int, quick: bool) -> dict:
                                               for m in ("recall@50", "diversity@50")}, "n": len(rows)}
                              for k, rows in sorted(lam.items())]
             table_runs.extend({"variant": v, "protocol": proto, "setting": setting, "seed": r["seed"]} for r in rs)
+    sweep_table: dict[str, Any] = {}
+    for name, (svariants, key, values) in SWEEPS.items():
+        for v in svariants:
+            if v not in chosen:
+                continue
+            base = chosen[v]["setting"]
+            points = []
+            for value in values:
+                own = (MODEL_DEFAULT.get((v, key)) == value)
+                setting = base if own else sweep_setting(base, key, value)
+                rs = [r for r in runs if r["variant"] == v and r["protocol"] == "sg" and r["setting"] == setting
+                      and r["seed"] == tune_seed]
+                if rs:
+                    m = rs[0]["metrics"]
+                    points.append({"value": value, "setting": setting, "params_default": own,
+                                   "valid.recall@50": m["valid.recall@50"],
+                                   **{f"test.{k}": m[f"test.{k}"] for k in ("recall@20", "recall@50", "ndcg@50",
+                                                                             "hitrate@50", "diversity@50")},
+                                   "test.recall@50_ci": [m.get("test.recall@50_ci_low"),
+                                                         m.get("test.recall@50_ci_high")],
+                                   "epochs": rs[0]["train"].get("epochs"),
+                                   "train_wall_s": round(rs[0]["train_wall_s"], 1)})
+            if points:
+                sweep_table.setdefault(name, {"key": key, "seed": tune_seed, "variants": {}})["variants"][v] = points
     nusers = {}
     for proto in PROTOCOLS:
         r = next((r for r in runs if r["protocol"] == proto), None)
@@ -361,7 +415,7 @@ def build_result(runs: list[dict], tune_seed: int, quick: bool) -> dict:
                  "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "confidence": CONFIDENCE, "over": "seeds"},
                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
                  "quick": quick, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "results": results, "tuning": chosen, "lambda_sweep": sweeps, "runs": table_runs,
+        "results": results, "tuning": chosen, "lambda_sweep": sweeps, "sweeps": sweep_table, "runs": table_runs,
         "all_runs": [{k: r[k] for k in ("protocol", "variant", "setting", "seed")} | {
             "valid.recall@50": r["metrics"]["valid.recall@50"], "test.recall@50": r["metrics"]["test.recall@50"],
             "epochs": r["train"].get("epochs"), "best_epoch": r["train"].get("best_epoch"),
@@ -379,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--protocols", default="sg,loo", help="sg (strong generalization), loo (leave-one-out)")
     ap.add_argument("--grid", default=",".join(GRID), help=f"grid points to tune over: {', '.join(GRID)}")
     ap.add_argument("--tune-seed", type=int, default=SEEDS[0], help="seed of the tuning runs")
-    ap.add_argument("--stage", choices=("all", "tune", "final", "salvage", "aggregate"), default="all",
+    ap.add_argument("--stage", choices=("all", "tune", "final", "sweep", "salvage", "aggregate"), default="all",
                     help="salvage: record stopped runs from their best checkpoint so far (stop workers first)")
     ap.add_argument("--max-epochs", type=int, default=BUDGET_EPOCHS, help="cap on train.max_epochs, the same "
                     "for every model (0: params.yaml's train.max_epochs)")
@@ -394,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(REPO)  # params paths (data/raw/ml-100k) are relative to the repo root
     params = load_params(args.params)
+    for _, (svariants, key, _) in SWEEPS.items():
+        for v in svariants:
+            MODEL_DEFAULT[(v, key)] = params["models"][VARIANTS[v][0]].get(key)
     variants = [v.strip() for v in args.models.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -440,6 +497,18 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{v}: no finished tuning run (seed {tune_seed}), skipped", flush=True)
                         continue
                     go(proto, v, chosen[v]["setting"], seed)
+    if args.stage == "sweep" or (args.stage == "all" and not args.quick):
+        for name, (svariants, key, values) in SWEEPS.items():
+            for v in svariants:
+                if v not in variants:
+                    continue
+                chosen = chosen_settings(load_runs(), [v], tune_seed)
+                if v not in chosen:
+                    print(f"{v}: no finished tuning run (seed {tune_seed}), sweep {name} skipped", flush=True)
+                    continue
+                for value in values:
+                    if MODEL_DEFAULT.get((v, key)) != value:
+                        go("sg", v, sweep_setting(chosen[v]["setting"], key, value), tune_seed)
     out = args.out or (OUT / "quality.json" if args.quick else RESULT)
     write_json(out, build_result(load_runs(), tune_seed, args.quick))
     print(f"wrote {out}")
