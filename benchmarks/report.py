@@ -10,12 +10,20 @@ table, its lists of records and its dicts of records as tables, and one bar char
     .venv/bin/python benchmarks/report.py                     # benchmarks/results -> docs/RESULTS.md, docs/img
     .venv/bin/python benchmarks/report.py --results DIR --out FILE --img DIR
 
-Verdict rule for a paper's ordering "A < B" (declared here and in the report): d = mean(B) − mean(A) over the
-seeds run; noise = sqrt(se_A² + se_B²) with se = std/sqrt(n) over seeds when both have ≥ 2 seeds, else the
-half-widths of the evaluator's user-bootstrap 95 % intervals combined the same way (users are the larger
-noise source with ~95 test users). |d| ≤ noise·1.96 → "within noise"; else "holds" if d > 0, "does not hold" if
-d < 0. Both models are scored on the same test users, so this unpaired combination is conservative (a
-paired bootstrap over users would be tighter; per-user results are not cached).
+Verdict rule (declared here and in the report; test Recall@50). An ordering claim "A < B": Δ = mean(B) −
+mean(A), each the mean over the seeds it has; h = the mean of the two user-bootstrap 95 % half-widths (the
+evaluator's per-run bootstrap over the ~94 test users, averaged over seeds). The claim is "within noise"
+when |Δ| ≤ h, or when both have ≥ 2 seeds and their seed intervals (percentile bootstrap of the mean over
+seeds) overlap; otherwise it "holds" if Δ > 0 and "does not hold" if Δ < 0. Why h and not a combination of
+both half-widths: both models are scored on the same users, so the interval of the difference is
+h·sqrt(2(1 − ρ)) for per-user correlation ρ; h is that interval at ρ = 0.5 (a true paired bootstrap needs
+per-user results, which quality.py does not keep). A "same level" claim ("X+HN reaches about YouTube DNN")
+holds when the pair is within noise or X is above, and does not hold when X is below beyond noise;
+robustness to σ holds when the spread (max − min over the σ points) is ≤ h and does not hold otherwise;
+sensitivity to K holds when the spread over K exceeds h and is "within noise" otherwise. Sweep points are one
+run each (seed 2026), so only h applies to them. The λ trade-off (ComiRec Table 5) holds for a model when,
+from λ = 0 to the paper's largest λ (0.25), its relative diversity gain exceeds its relative recall loss; MIND's
+dynamic K is judged on the exact number of ANN queries per user (no noise).
 """
 from __future__ import annotations
 
@@ -134,41 +142,131 @@ def _plt():
     return plt
 
 
+#: render(plots=False) sets this off: tables only, no PNG written (drawing is most of a render's time)
+_PLOTS = {"on": True}
+
+
 def save(fig, img_dir: Path, name: str, rel: str) -> str:
-    img_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(img_dir / name, dpi=110)
+    if _PLOTS["on"]:
+        img_dir.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(img_dir / name, dpi=110)
     _plt().close(fig)
     return f"![{name}]({rel}/{name})"
 
 
+# -------------------------------------------------------------------------------------- paper figures
+# Quoted from the papers (/work/shared/papers/*.md), the only typed-in numbers of the report: the papers'
+# own figures, shown beside ours. Percentages as the papers print them.
+#: UMI (SIGIR 2022) Table 2, MovieLens(-1M) HitRate@50 (%); its "ComiRec" row stands for both ComiRec models
+PAPER_UMI_T2 = {"youtube_dnn": 26.687, "mind": 22.415, "mind+hn": 25.781, "comirec": 20.839,
+                "comirec+hn": 26.367, "umi": 27.805}
+#: ComiRec (KDD 2020) Table 3, Recall@50 (%): (Amazon Books, Taobao)
+PAPER_COMIREC_T3 = {"youtube_dnn": (7.312, 6.172), "mind": (7.638, 8.155), "comirec_sa": (8.467, 9.462),
+                    "comirec_dr": (8.106, 9.818)}
+#: ComiRec Table 4, Recall@50 (%) per K: (Amazon Books, Taobao)
+PAPER_COMIREC_T4 = {"comirec_sa": {2: (8.835, 9.935), 4: (8.467, 9.462), 6: (8.901, 9.378), 8: (8.547, 9.493)},
+                    "comirec_dr": {2: (7.081, 9.293), 4: (8.106, 9.818), 6: (7.904, 10.836), 8: (7.760, 10.841)}}
+#: ComiRec Table 5 (Amazon Books), (Recall@50, Diversity@50) (%) per λ
+PAPER_COMIREC_T5 = {"comirec_sa": {0.0: (8.467, 23.237), 0.05: (8.347, 38.808), 0.1: (8.229, 46.731),
+                                   0.15: (8.142, 51.135), 0.2: (8.086, 53.671), 0.25: (8.034, 55.100)},
+                    "comirec_dr": {0.0: (8.106, 19.036), 0.05: (7.931, 42.915), 0.1: (7.850, 46.258),
+                                   0.15: (7.820, 46.912), 0.2: (7.783, 47.581), 0.25: (7.764, 48.375)}}
+#: MIND (CIKM 2019) §4.2 / Fig. 3 gives curves without numbers: its findings in its own words
+PAPER_MIND_FIG3 = {"sigma": "σ ∈ {0.1, 1, 5}: \"each curve of 3 values almost overlap\" (robust to σ)",
+                   "p": "p = 0 \"much worse than the others\"; \"performance gets better as p increases\", "
+                        "p = ∞ (hard attention) best"}
+#: MIND §4.3: the dynamic interest number "does not bring CTR gain" but "can decrease the cost of serving"
+PAPER_MIND_DYNAMIC = "no CTR gain; \"can decrease the cost of serving\" (MIND §4.3, Fig. 4)"
+
+
+def _paper_name(variant: str) -> str:
+    """The paper model a variant of ours stands for (the papers' sweeps have no +HN rows)."""
+    return variant.split("+")[0]
+
+
 # -------------------------------------------------------------------------------------------- verdicts
-def noise_of(a: dict, b: dict) -> float:
-    """Combined standard error of two aggregated metrics (see the module docstring)."""
-    if a.get("n", 1) > 1 and b.get("n", 1) > 1:
-        return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-    half = []
-    for m in (a, b):
-        ci = m.get("user_ci")
-        half.append((ci[1] - ci[0]) / 2 / 1.96 if ci else 0.0)
-    return math.sqrt(half[0] ** 2 + half[1] ** 2)
+def half_width(m: dict | None) -> float | None:
+    """Half-width of the user-bootstrap 95 % interval of an aggregated metric (``user_ci``)."""
+    ci = (m or {}).get("user_ci")
+    if not ci or any(c is None for c in ci):
+        return None
+    return (ci[1] - ci[0]) / 2
+
+
+def point_metric(p: dict, key: str = "test.recall@50") -> dict:
+    """A one-run sweep point as an aggregated metric (one seed, its own user interval)."""
+    ci = p.get(f"{key}_ci")
+    return {"mean": p[key], "n": 1, "user_ci": ci if ci and None not in ci else None}
+
+
+def noise_test(lower: dict, higher: dict) -> tuple[float, bool | None, list[str]]:
+    """(user half-width h, seed intervals overlap (None: not both ≥ 2 seeds), reasons it is within noise)."""
+    d = higher["mean"] - lower["mean"]
+    hs = [h for h in (half_width(lower), half_width(higher)) if h is not None]
+    h = sum(hs) / len(hs) if hs else 0.0
+    overlap = None
+    if lower.get("n", 1) >= 2 and higher.get("n", 1) >= 2:
+        overlap = lower["ci_high"] >= higher["ci_low"] and higher["ci_high"] >= lower["ci_low"]
+    reasons = (["|Δ| ≤ h"] if abs(d) <= h else []) + (["seed CIs overlap"] if overlap else [])
+    return h, overlap, reasons
 
 
 def verdict(lower: dict | None, higher: dict | None) -> tuple[str, str]:
-    """Verdict for the claim mean(lower) < mean(higher), and the evidence string."""
+    """Verdict for the claim mean(lower) < mean(higher) (the rule in the module docstring), and its evidence."""
     if not lower or not higher:
         return "not run", ""
     d = higher["mean"] - lower["mean"]
-    z = noise_of(lower, higher) * 1.96
-    ev = f"Δ = {d:+.4f} (±{z:.4f})"
-    if abs(d) <= z:
-        return "within noise", ev
-    return ("holds", ev) if d > 0 else ("does not hold", ev)
+    h, overlap, reasons = noise_test(lower, higher)
+    ev = f"{lower['mean']:.4f} vs {higher['mean']:.4f}: Δ = {d:+.4f}, h = {h:.4f}"
+    if overlap is not None:
+        ev += f", seed CIs {'overlap' if overlap else 'disjoint'} ({lower.get('n')} vs {higher.get('n')} seeds)"
+    else:
+        ev += ", user CI only (< 2 seeds)"
+    if reasons:
+        return "within noise", ev + " → " + " and ".join(reasons)
+    return ("holds" if d > 0 else "does not hold"), ev
+
+
+def reaches(x: dict | None, ref: dict | None) -> tuple[str, str]:
+    """Claim "x reaches ref" (about the same or above): holds when within noise of it or above it."""
+    v, ev = verdict(ref, x)
+    return {"within noise": "holds", "holds": "holds", "does not hold": "does not hold"}.get(v, v), \
+        ev + {"within noise": " (within noise: same level)", "holds": " (above, beyond noise)",
+              "does not hold": " (below, beyond noise)"}.get(v, "")
+
+
+def spread(points: list[dict]) -> tuple[float, float, dict, dict]:
+    """(max − min of the means, mean user half-width, lowest point, highest point) of a sweep's points."""
+    lo = min(points, key=lambda m: m["mean"])
+    hi = max(points, key=lambda m: m["mean"])
+    hs = [h for h in map(half_width, points) if h is not None]
+    return hi["mean"] - lo["mean"], (sum(hs) / len(hs) if hs else 0.0), lo, hi
 
 
 # --------------------------------------------------------------------------------------------- quality
 MODEL_ORDER = ["most_popular", "youtube_dnn", "mind", "mind+hn", "comirec_dr", "comirec_dr+hn", "comirec_sa",
                "comirec_sa+hn", "umi"]
+METRIC_ORDER = ["recall@20", "ndcg@20", "hitrate@20", "precision@20", "recall@50", "ndcg@50", "hitrate@50",
+                "precision@50", "diversity@50"]
+SWEEP_TITLES = {"K": ("ComiRec Table 4", "K (num_interests)"), "sigma": ("MIND Fig. 3", "σ (routing_sigma)"),
+                "p": ("MIND Fig. 3", "p (attention_pow)")}
+CAPPED = "‡"
+#: one colour per paper model in the sweep plots, so ours and the paper's curves of a model match
+COLOURS = {"comirec_dr": "tab:blue", "comirec_sa": "tab:orange", "mind": "tab:green", "umi": "tab:red"}
+
+
+def paper_k_spread(paper_variant: str, lab) -> str:
+    """ComiRec Table 4 for one model: Recall@50 spread over K (points and relative) and best K, per dataset."""
+    ks = PAPER_COMIREC_T4.get(paper_variant)
+    if not ks:
+        return "–"
+    parts = []
+    for j, dsname in enumerate(("Amazon", "Taobao")):
+        xs = [ks[k][j] for k in sorted(ks)]
+        parts.append(f"{dsname}: spread {max(xs) - min(xs):.2f} pts ({(max(xs) - min(xs)) / max(xs):.0%}), "
+                     f"best K = {max(sorted(ks), key=lambda k: ks[k][j])}")
+    return f"{lab(paper_variant)} " + "; ".join(parts)
 
 
 def _ordered(d: dict) -> dict:
@@ -176,43 +274,79 @@ def _ordered(d: dict) -> dict:
     return {k: d[k] for k in sorted(d, key=lambda k: (rank.get(k, len(rank)), k))}
 
 
-def quality_section(data: dict, img: Path, rel: str) -> list[str]:
+def capped(r: dict) -> bool:
+    """The run used its whole epoch budget and its best epoch (0-based) was the last: still improving."""
+    return (bool(r.get("max_epochs")) and r.get("epochs") == r.get("max_epochs")
+            and r.get("best_epoch") is not None and r["best_epoch"] == r["max_epochs"] - 1)
+
+
+def epochs_cell(r: dict | None) -> str:
+    if not r:
+        return "–"
+    return (f"{r.get('epochs')}/{r.get('max_epochs')}" + (f" {CAPPED}" if capped(r) else "")
+            + (" †" if r.get("truncated") else ""))
+
+
+def ci_cell(lo: float | None, hi: float | None) -> str:
+    return "–" if lo is None or hi is None else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def value_label(v: Any) -> str:
+    return "∞" if v is None else fmt(v) if not isinstance(v, float) or v != int(v) else str(int(v))
+
+
+def _value_key(v: Any) -> float:
+    return math.inf if v is None else float(v)
+
+
+def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) -> list[str]:
+    """The quality section: headline, leave-one-out, targets, all metrics, tuning, sweeps, dynamic K,
+    the papers' findings with verdicts, λ trade-off, discussion, and the run table. Any piece may be missing."""
     res = _ordered(data.get("results", {}))
     meta = data.get("meta", {})
     labels = meta.get("labels", {})
     lab = lambda v: labels.get(v, v)  # noqa: E731
     sg = {v: p["sg"] for v, p in res.items() if "sg" in p}
+    loo = {v: p["loo"] for v, p in res.items() if "loo" in p}
+    tuning = _ordered(data.get("tuning", {}))
+    runs = data.get("all_runs", [])
+    tune_seed = meta.get("tune_seed")
     out = []
     users = meta.get("users", {})
     out.append(f"Dataset: {meta.get('dataset', '?')}; protocols: "
                + ", ".join(f"`{k}` = {v} (valid/test users: {users.get(k, {}).get('valid', '?')}/"
                            f"{users.get(k, {}).get('test', '?')})" for k, v in meta.get("protocols", {}).items())
-               + f". Tuned on the valid users with seed {meta.get('tune_seed')}; reported on the test users. "
-               f"Interval of the mean over seeds: {meta.get('bootstrap', {}).get('samples')}-sample percentile "
-               f"bootstrap of the seeds ({meta.get('bootstrap', {}).get('confidence')}); "
-               "`user CI` = the evaluator's per-run bootstrap over test users, averaged over seeds.")
+               + f". Tuned on the valid users with seed {tune_seed}; reported on the test users. "
+               f"Seed CI: {meta.get('bootstrap', {}).get('samples')}-sample percentile bootstrap of the mean over "
+               f"seeds ({meta.get('bootstrap', {}).get('confidence')}); "
+               "`user CI` = the evaluator's per-run 95 % bootstrap over test users, averaged over seeds. "
+               f"{CAPPED} = the run used its whole epoch budget and its best epoch was the last one (still "
+               "improving: a lower bound for its setting).")
     if meta.get("quick"):
         out.append("\n**QUICK MODE (2 epochs): smoke test, not results.**")
+
+    def used_runs(v: str, proto: str) -> list[dict]:
+        setting = (tuning.get(v) or {}).get("setting", "default")
+        return sorted((r for r in runs if r["variant"] == v and r["protocol"] == proto and r["setting"] == setting),
+                      key=lambda r: r["seed"])
 
     # headline
     out.append("\n### Headline: test Recall@50 (strong generalization)\n")
     rows = []
-    all_runs = data.get("all_runs", [])
     for v, p in sg.items():
         m = p.get("recall@50")
         if not m:
             continue
-        ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("n", 1) > 1 else "–"
         uci = m.get("user_ci")
-        setting = (data.get("tuning", {}).get(v) or {}).get("setting", "default")
-        used = [r for r in all_runs if r["variant"] == v and r["protocol"] == "sg" and r["setting"] == setting]
-        epochs = ", ".join(f"{r.get('epochs')}/{r.get('max_epochs')}" + (" †" if r.get("truncated") else "")
-                           for r in used)
-        rows.append([lab(v), pm(m), str(m.get("n")), ci, f"[{uci[0]:.4f}, {uci[1]:.4f}]" if uci else "–",
-                     pm(p.get("valid.recall@50")), setting, epochs or "–"])
+        per_seed = ", ".join(f"{x:.4f}" for _, x in sorted(m.get("per_seed", {}).items()))
+        rows.append([lab(v), pm(m), str(m.get("n")),
+                     ci_cell(m["ci_low"], m["ci_high"]) if m.get("n", 1) > 1 else "–",
+                     ci_cell(*uci) if uci else "–", per_seed or "–", pm(p.get("valid.recall@50")),
+                     (tuning.get(v) or {}).get("setting", "default"),
+                     ", ".join(epochs_cell(r) for r in used_runs(v, "sg")) or "–"])
     out.append(table(["model", "test Recall@50 (mean ± std)", "seeds", "seed CI of mean", "user CI",
-                      "valid Recall@50", "setting", "epochs run / budget"], rows))
-    if any(r.get("truncated") for r in all_runs):
+                      "per seed", "valid Recall@50", "setting", "epochs run / budget"], rows))
+    if any(r.get("truncated") for r in runs):
         out.append("\n† stopped at the deadline before its epoch budget and early stopping ended it; evaluated "
                    "from its best checkpoint so far (valid Recall@50), so a lower bound for its setting.")
     if sg:
@@ -231,123 +365,387 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         ax.set_title("MovieLens-100K, strong generalization (error bar: std over seeds)")
         out.append("\n" + save(fig, img, "quality_recall50.png", rel))
 
+    # leave-one-out beside the headline
+    out.append("\n### Leave-one-out beside strong generalization (test Recall@50)\n")
+    if loo:
+        lrows = []
+        for v in [v for v in res if v in loo or v in sg]:
+            a, b = sg.get(v, {}).get("recall@50"), loo.get(v, {}).get("recall@50")
+            uci = (b or {}).get("user_ci")
+            lrows.append([lab(v), pm(a), str((a or {}).get("n", "–")), pm(b), str((b or {}).get("n", "–")),
+                          ci_cell(b["ci_low"], b["ci_high"]) if b and b.get("n", 1) > 1 else "–",
+                          ci_cell(*uci) if uci else "–", pm(loo.get(v, {}).get("ndcg@50")),
+                          ", ".join(epochs_cell(r) for r in used_runs(v, "loo")) or "–"])
+        out.append(table(["model", "sg Recall@50", "sg seeds", "loo Recall@50 (mean ± std)", "loo seeds",
+                          "loo seed CI", "loo user CI", "loo NDCG@50", "loo epochs"], lrows))
+        out.append("\nLeave-one-out: each test user's last interaction is the one target (so Recall@N = HitRate@N); "
+                   "same chosen settings as strong generalization (tuned there, not re-tuned). All metrics: below.")
+        miss = [lab(v) for v in sg if v not in loo]
+        if miss:
+            out.append(f"\nLeave-one-out not run (yet) for: {', '.join(miss)}.")
+    else:
+        out.append("Not run yet: no `loo` results in quality.json.")
+
     # targets
-    out.append("\n### Targets (issue 6, test Recall@50, strong generalization)\n")
+    out.append("\n### Targets (issue 6, test Recall@50, strong generalization, mean over seeds)\n")
     trows = []
+    nseeds = lambda m: str(m.get("n", "–")) if m else "–"  # noqa: E731
     for v, (text, ok) in TARGETS.items():
         m = sg.get(v, {}).get("recall@50")
-        trows.append([lab(v), text, pm(m), ("met" if ok(m["mean"]) else "**missed**") if m else "not run"])
+        trows.append([lab(v), text, pm(m), nseeds(m), ("met" if ok(m["mean"]) else "**missed**") if m else "not run"])
     for name, vs in MULTI.items():
-        cands = [(v, (data.get("tuning", {}).get(v) or {})) for v in vs if v in sg]
+        cands = [v for v in vs if v in sg and "recall@50" in sg[v] and "valid.recall@50" in sg[v]]
         if not cands:
-            trows.append([lab(name), f"≥ {MULTI_TARGET}", "–", "not run"])
+            trows.append([lab(name), f"≥ {MULTI_TARGET}", "–", "–", "not run"])
             continue
-        # with or without HN, as chosen on VALID recall
-        v = max(cands, key=lambda c: sg[c[0]]["valid.recall@50"]["mean"])[0]
+        v = max(cands, key=lambda c: sg[c]["valid.recall@50"]["mean"])  # with or without HN, chosen on VALID
         m = sg[v]["recall@50"]
-        trows.append([f"{lab(name)} (→ {lab(v)}, chosen on valid)", f"≥ {MULTI_TARGET}", pm(m),
+        trows.append([f"{lab(name)} (→ {lab(v)}, chosen on valid)", f"≥ {MULTI_TARGET}", pm(m), nseeds(m),
                       "met" if m["mean"] >= MULTI_TARGET else "**missed**"])
-    if sg:
-        bv = max((v for v in sg if "recall@50" in sg[v]), key=lambda v: sg[v]["valid.recall@50"]["mean"])
+    scored = [v for v in sg if "recall@50" in sg[v] and "valid.recall@50" in sg[v]]
+    if scored:
+        bv = max(scored, key=lambda v: sg[v]["valid.recall@50"]["mean"])
         m = sg[bv]["recall@50"]
         trows.append([f"best model (→ {lab(bv)}, chosen on valid)", f"≥ {BEST_TARGET} (reference best "
-                      f"{REFERENCE_BEST})", pm(m), "met" if m["mean"] >= BEST_TARGET else "**missed**"])
-    out.append(table(["model", "target", "ours", "status"], trows))
+                      f"{REFERENCE_BEST})", pm(m), nseeds(m), "met" if m["mean"] >= BEST_TARGET else "**missed**"])
+    out.append(table(["model", "target", "ours (mean ± std)", "seeds", "status"], trows))
 
     # all metrics
     for proto, name in meta.get("protocols", {}).items():
         pr = {v: p[proto] for v, p in res.items() if proto in p}
         if not pr:
             continue
-        metrics = [k for k in next(iter(pr.values())) if "@" in k and not k.startswith("valid.")]
+        keys = {k for p in pr.values() for k in p if "@" in k and not k.startswith("valid.")}
+        metrics = [k for k in METRIC_ORDER if k in keys] + sorted(keys - set(METRIC_ORDER))
         out.append(f"\n### All metrics, test users, {name} (mean ± std over seeds)\n")
         out.append(table(["model", "seeds"] + metrics,
                          [[lab(v), str(p.get("recall@50", {}).get("n", "–"))] + [pm(p.get(k)) for k in metrics]
                           for v, p in pr.items()]))
-    miss = [v for v in sg if v not in {x for x, p in res.items() if "loo" in p}]
-    if "loo" in meta.get("protocols", {}) and miss:
-        out.append(f"\nLeave-one-out not run for: {', '.join(lab(v) for v in miss)}.")
 
     # tuning
-    tuning = _ordered(data.get("tuning", {}))
     if tuning:
         grid = meta.get("grid", {})
         out.append("\n### Tuning on the valid users (valid Recall@50, seed "
-                   f"{meta.get('tune_seed')}); declared grid: "
+                   f"{tune_seed}); declared grid: "
                    + "; ".join(f"`{k}` = {json.dumps(g) if g else 'params.yaml'}" for k, g in grid.items()) + "\n")
-        out.append(table(["model"] + list(grid) + ["chosen"],
-                         [[lab(v)] + [fmt(t["valid_recall@50"].get(g)) for g in grid] + [t["setting"]]
-                          for v, t in tuning.items()]))
+
+        def tune_run(v: str, g: str) -> dict | None:
+            return next((r for r in runs if r["variant"] == v and r["protocol"] == "sg" and r["setting"] == g
+                         and r["seed"] == tune_seed), None)
+
+        trow = []
+        for v, t in tuning.items():
+            cells = []
+            for g in grid:
+                x = t["valid_recall@50"].get(g)
+                cell = "–" if x is None else (f"**{x:.4f}**" if g == t["setting"] else f"{x:.4f}")
+                if x is not None and tune_run(v, g):
+                    cell += f" ({epochs_cell(tune_run(v, g))} ep.)"
+                cells.append(cell)
+            trow.append([lab(v)] + cells + [t["setting"]])
+        out.append(table(["model"] + list(grid) + ["chosen"], trow))
+        out.append("\nBold: the chosen point (best valid Recall@50; ties keep the first). \"–\": grid point not run "
+                   "(yet). MostPopular has nothing to tune.")
+
+    # sweeps
+    sweeps = data.get("sweeps") or {}
+    sweep_verdicts: list[list[str]] = []
+    if sweeps:
+        out.append("\n### One-factor sweeps around the chosen setting (test users, one seed each)\n")
+        out.append("Each point is one run (seed " + ", ".join(sorted({str(s.get("seed")) for s in sweeps.values()}))
+                   + ") of the variant's chosen setting with one `models.*` value changed; the params.yaml value is "
+                   "the chosen run itself (✓). Sweep points never count as tuning candidates. Error bars and the "
+                   "user CI: the evaluator's bootstrap over test users (no seed spread: one seed).")
+    for name, sw in sweeps.items():
+        paper, axis = SWEEP_TITLES.get(name, (name, sw.get("key", name)))
+        variants = _ordered(sw.get("variants", {}))
+        if not variants:
+            continue
+        out.append(f"\n#### {paper}: {axis}\n")
+        header = ["model", axis, "valid Recall@50", "test Recall@50", "user CI", "test NDCG@50", "diversity@50",
+                  "epochs"]
+        if name == "K":
+            header += ["paper Recall@50 % (Amazon / Taobao)"]
+        srows = []
+        for v, pts in variants.items():
+            for p in sorted(pts, key=lambda p: _value_key(p.get("value"))):
+                r = next((r for r in runs if r["variant"] == v and r["protocol"] == "sg"
+                          and r["setting"] == p.get("setting") and r["seed"] == sw.get("seed")), None)
+                row = [lab(v), value_label(p.get("value")) + (" ✓" if p.get("params_default") else ""),
+                       p.get("valid.recall@50"), p.get("test.recall@50"),
+                       ci_cell(*(p.get("test.recall@50_ci") or [None, None])), p.get("test.ndcg@50"),
+                       p.get("test.diversity@50"), epochs_cell(r) if r else str(p.get("epochs", "–"))]
+                if name == "K":
+                    fig_ = PAPER_COMIREC_T4.get(_paper_name(v), {}).get(p.get("value"))
+                    row.append(f"{fig_[0]:.3f} / {fig_[1]:.3f} ({lab(_paper_name(v))})" if fig_ else "–")
+                srows.append(row)
+        out.append(table(header, srows))
+        if name in PAPER_MIND_FIG3:
+            out.append(f"\nPaper (MIND Fig. 3, no numbers given): {PAPER_MIND_FIG3[name]}.")
+        if name == "p":
+            out.append("\nOur p scales the compatibilities before the softmax, softmax(p · V_u^T e) (models/loss.py: "
+                       "`pow` of a negative compatibility is undefined); p = 0 is the plain mean of the interests, "
+                       "p = ∞ the hard argmax, the two limits the paper names.")
+        # plot: ours (and the paper's Table 4 beside it for K)
+        plt = _plt()
+        ncols = 2 if name == "K" else 1
+        fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.5), squeeze=False)
+        ax = axes[0][0]
+        vals = sorted({_value_key(p.get("value")) for pts in variants.values() for p in pts})
+        categorical = any(math.isinf(x) for x in vals)
+        for i, (v, pts) in enumerate(variants.items()):
+            pts = sorted(pts, key=lambda p: _value_key(p.get("value")))
+            xs = [vals.index(_value_key(p.get("value"))) if categorical else p.get("value") for p in pts]
+            if name != "sigma":  # side by side, so the error bars do not hide each other
+                xs = [x + 0.06 * (i - (len(variants) - 1) / 2) * (1 if categorical else 2) for x in xs]
+            ys = [p["test.recall@50"] for p in pts]
+            cis = [p.get("test.recall@50_ci") or [y, y] for p, y in zip(pts, ys)]
+            err = [[max(y - (c[0] if c[0] is not None else y), 0.0) for c, y in zip(cis, ys)],
+                   [max((c[1] if c[1] is not None else y) - y, 0.0) for c, y in zip(cis, ys)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=lab(v), color=COLOURS.get(_paper_name(v)))
+        if categorical:
+            ax.set_xticks(range(len(vals)), [value_label(None if math.isinf(x) else x) for x in vals])
+        else:
+            ax.set_xticks(vals, [value_label(x) for x in vals])
+            if name == "sigma":
+                ax.set_xscale("log")
+                ax.set_xticks(vals, [value_label(x) for x in vals])
+        ax.set_xlabel(axis)
+        ax.set_ylabel("test Recall@50")
+        ax.set_title(f"ours ({meta.get('dataset', '')}, seed {sw.get('seed')}; bars: user CI)", fontsize=9)
+        ax.legend(fontsize=7)
+        if name == "K":
+            ax2 = axes[0][1]
+            for pv, ks in PAPER_COMIREC_T4.items():
+                for j, dsname in enumerate(("Amazon Books", "Taobao")):
+                    ax2.plot(sorted(ks), [ks[k][j] for k in sorted(ks)], marker="o", color=COLOURS.get(pv),
+                             ls="-" if j == 0 else "--", label=f"{lab(pv)}, {dsname}")
+            ax2.set_xticks(sorted(next(iter(PAPER_COMIREC_T4.values()))))
+            ax2.set_xlabel("K")
+            ax2.set_ylabel("Recall@50 (%)")
+            ax2.set_title("paper: ComiRec Table 4", fontsize=9)
+            ax2.legend(fontsize=7)
+        out.append("\n" + save(fig, img, f"quality_sweep_{name}.png", rel))
+
+    # MIND's dynamic K at serving time, from speed.json
+    dyn = ((speed or {}).get("dynamic_k") or {}).get("rows") or []
+    dyn_rows: list[tuple[dict, dict]] = []
+    for r in dyn:
+        if r.get("dynamic"):
+            f = next((x for x in dyn if not x.get("dynamic") and x.get("max_len") == r.get("max_len")
+                      and x.get("num_interests") == r.get("num_interests")), None)
+            if f:
+                dyn_rows.append((r, f))
+    if dyn_rows:
+        out.append("\n### MIND dynamic K (eq. 9) vs fixed K at serving time (from speed.json)\n")
+        out.append("K'_u = max(1, min(K, ⌊log2 |I_u|⌋)) interests per user, each one ANN query; measured by "
+                   "`benchmarks/speed.py` (sweep `dynamic_k`) on the MovieLens-100K valid + test users, their real "
+                   "histories truncated to L. Latency of `user_interests` (median; the machine is shared, load "
+                   "~10, so latencies are noisy; the query counts are exact).\n")
+        out.append(table(["L", "K", "users", "mean history", "ANN queries/user dynamic", "fixed", "saved",
+                          "users below K", "1-user ms dynamic / fixed", "µs/user @512 dynamic / fixed"],
+                         [[r["max_len"], r["num_interests"], r.get("users"), r.get("mean_history_length"),
+                           f"{r['mean_active_interests']:.2f}", f"{f['mean_active_interests']:.2f}",
+                           f"{1 - r['mean_active_interests'] / f['mean_active_interests']:.0%}",
+                           f"{r.get('share_below_k', 0):.0%}",
+                           f"{r.get('latency_one_user_ms_p50', math.nan):.2f} / {f.get('latency_one_user_ms_p50', math.nan):.2f}",
+                           f"{r.get('latency_per_user_batch512_us_p50', math.nan):.0f} / "
+                           f"{f.get('latency_per_user_batch512_us_p50', math.nan):.0f}"] for r, f in dyn_rows]))
 
     # findings
     out.append("\n### The papers' findings on this data\n")
     g = lambda v: sg.get(v, {}).get("recall@50")  # noqa: E731
     rows = []
-    claims = [
-        ("UMI Table 2", "MIND < YouTube DNN", "mind", "youtube_dnn"),
-        ("UMI Table 2", "HN lifts MIND (MIND < MIND+HN)", "mind", "mind+hn"),
-        ("UMI Table 2", "HN lifts ComiRec-DR", "comirec_dr", "comirec_dr+hn"),
-        ("UMI Table 2", "HN lifts ComiRec-SA", "comirec_sa", "comirec_sa+hn"),
-    ]
+
+    def umi_fig(*vs: str) -> str:
+        key = lambda v: {"comirec_dr": "comirec", "comirec_sa": "comirec", "comirec_dr+hn": "comirec+hn",  # noqa: E731
+                         "comirec_sa+hn": "comirec+hn"}.get(v, v)
+        return " vs ".join(f"{PAPER_UMI_T2[key(v)]:.1f}" for v in vs) + " (HR@50, ML-1M)"
+
+    def t3_fig(a: str, b: str) -> str:
+        x, y = PAPER_COMIREC_T3[a], PAPER_COMIREC_T3[b]
+        return f"{x[0]:.2f} vs {y[0]:.2f} (Amazon), {x[1]:.2f} vs {y[1]:.2f} (Taobao), R@50"
+
+    claims = [("UMI Table 2", "MIND < YouTube DNN", umi_fig("mind", "youtube_dnn"), verdict(g("mind"), g("youtube_dnn")))]
+    for base in ("mind", "comirec_dr", "comirec_sa"):
+        claims.append(("UMI Table 2", f"HN lifts {lab(base)} ({lab(base)} < {lab(base + '+hn')})",
+                       umi_fig(base, base + "+hn"), verdict(g(base), g(base + "+hn"))))
+        claims.append(("UMI Table 2", f"{lab(base + '+hn')} reaches about YouTube DNN",
+                       umi_fig(base + "+hn", "youtube_dnn"), reaches(g(base + "+hn"), g("youtube_dnn"))))
     for v in ("youtube_dnn", "mind", "mind+hn", "comirec_dr", "comirec_dr+hn", "comirec_sa", "comirec_sa+hn"):
-        claims.append(("UMI Table 2", f"UMI best ({lab(v)} < UMI)", v, "umi"))
-    for v in ("comirec_dr", "comirec_sa", "mind"):
-        claims.append(("ComiRec Table 3", f"{lab(v)} beats YouTube DNN", "youtube_dnn", v))
-    for paper, claim, lo, hi in claims:
-        vd, ev = verdict(g(lo), g(hi))
-        rows.append([paper, claim, vd, ev])
-    sweeps = _ordered(data.get("lambda_sweep", {}))
-    lam_rows = []
+        claims.append(("UMI Table 2", f"UMI best ({lab(v)} < UMI)", umi_fig(v, "umi"), verdict(g(v), g("umi"))))
+    others = [v for v in MODEL_ORDER if v not in ("umi", "most_popular") and g(v)]
+    if g("umi") and others:
+        vds = [verdict(g(v), g("umi"))[0] for v in others]
+        rank = 1 + sum(g(v)["mean"] > g("umi")["mean"] for v in others)
+        claims.append(("UMI Table 2", f"UMI best of all {len(others) + 1} trained models", umi_fig("umi") + " best",
+                       ("does not hold" if "does not hold" in vds else "holds" if all(x == "holds" for x in vds)
+                        else "within noise",
+                        f"UMI ranks {rank} of {len(others) + 1} by mean; pairwise verdicts: "
+                        + ", ".join(f"{vds.count(x)} {x}" for x in ("holds", "within noise", "does not hold")
+                                    if vds.count(x)))))
+    for v in ("mind", "comirec_dr", "comirec_sa"):
+        claims.append(("ComiRec Table 3", f"{lab(v)} beats YouTube DNN", t3_fig("youtube_dnn", v),
+                       verdict(g("youtube_dnn"), g(v))))
+    for paper, claim, fig_, (vd, ev) in claims:
+        rows.append([paper, claim, fig_, vd, ev])
+
+    # ComiRec Table 4: sensitivity to K
+    k_sw = (sweeps.get("K") or {}).get("variants", {})
+    for v, pts in _ordered(k_sw).items():
+        pfig = paper_k_spread(_paper_name(v), lab)
+        if len(pts) < 2:
+            rows.append(["ComiRec Table 4", f"{lab(v)}: Recall@50 depends on K", pfig, "not run",
+                         f"{len(pts)} of 4 K values run"])
+            continue
+        ms = [point_metric(p) for p in pts]
+        s, h, lo, hi = spread(ms)
+        kv = {id(m): p.get("value") for m, p in zip(ms, pts)}
+        best_valid = max(pts, key=lambda p: p["valid.recall@50"])["value"]
+        rows.append(["ComiRec Table 4", f"{lab(v)}: Recall@50 depends on K (K ∈ "
+                     f"{{{', '.join(value_label(p['value']) for p in sorted(pts, key=lambda p: _value_key(p['value'])))}}})",
+                     pfig, "holds" if s > h else "within noise",
+                     f"spread {s:.4f} (K = {value_label(kv[id(lo)])}: {lo['mean']:.4f} → K = "
+                     f"{value_label(kv[id(hi)])}: {hi['mean']:.4f}), h = {h:.4f}; best K on valid = "
+                     f"{value_label(best_valid)}"])
+    if not k_sw:
+        rows.append(["ComiRec Table 4", "sensitivity to K ∈ {2, 4, 6, 8}", "see Table 4", "not run",
+                     "no K sweep in quality.json yet"])
+
+    # ComiRec Table 5: the λ trade-off
+    lam = _ordered(data.get("lambda_sweep", {}))
     multi = {v for vs in MULTI.values() for v in vs}
-    for v, sw in sweeps.items():
+    lam_rows = []
+    for v, sw in lam.items():
         if len(sw) < 2 or v not in multi:  # one interest: the aggregation has nothing to trade
             continue
-        a, b = sw[0], sw[-1]
+        a = sw[0]
+        b = next((r for r in sw if r["lambda"] == 0.25), sw[-1])  # the paper's largest λ where we have it
         dr = (b["recall@50"] - a["recall@50"]) / max(a["recall@50"], 1e-12)
         dd = (b["diversity@50"] - a["diversity@50"]) / max(a["diversity@50"], 1e-12)
-        lam_rows.append((v, dr, dd))
+        lam_rows.append((v, b["lambda"], dr, dd))
     if lam_rows:
-        holds = sum(1 for _, dr, dd in lam_rows if dd > 0 and abs(dr) < dd)
+        nh = sum(1 for _, _, dr, dd in lam_rows if dd > 0 and -dr < dd)
+        pf = "; ".join(f"{lab(pv)}: R {t[0.25][0] / t[0.0][0] - 1:+.0%}, D {t[0.25][1] / t[0.0][1] - 1:+.0%}"
+                       for pv, t in PAPER_COMIREC_T5.items()) + " (Amazon, λ 0 → 0.25)"
+        lams = sorted({x for _, x, _, _ in lam_rows})
         rows.append(["ComiRec Table 5", "λ: recall falls slowly, diversity rises fast (relative change, λ = 0 → "
-                     f"{sweeps[lam_rows[0][0]][-1]['lambda']})",
-                     "holds" if holds == len(lam_rows) else f"holds for {holds}/{len(lam_rows)} models",
-                     "; ".join(f"{lab(v)}: R {dr:+.0%}, D {dd:+.0%}" for v, dr, dd in lam_rows)])
-    for paper, claim, key in (("ComiRec Table 4", "sensitivity to K ∈ {2, 4, 6, 8}", "k_sweep"),
-                              ("MIND Fig. 3", "robust to σ ∈ {0.1, 1, 5}; gain from larger p", "sigma_p_sweep"),
-                              ("MIND", "dynamic-K serving cost vs fixed K", "dynamic_k")):
-        if key not in data:
-            rows.append([paper, claim, "not run", "no result in quality.json (time budget)"])
-    out.append(table(["paper", "claim", "verdict", "evidence (test Recall@50)"], rows))
+                     + "/".join(f"{x:g}" for x in lams) + ")", pf,
+                     "holds" if nh == len(lam_rows) else "does not hold" if nh == 0
+                     else f"holds for {nh}/{len(lam_rows)} models",
+                     "; ".join(f"{lab(v)}: R {dr:+.0%}, D {dd:+.0%}" for v, _, dr, dd in lam_rows)])
+
+    # MIND Fig. 3: σ and p
+    for v, pts in _ordered((sweeps.get("sigma") or {}).get("variants", {})).items():
+        claim = f"{lab(v)}: robust to σ ∈ {{0.1, 1, 5}}"
+        if len(pts) < 2:
+            rows.append(["MIND Fig. 3", claim, PAPER_MIND_FIG3["sigma"], "not run", f"{len(pts)} of 3 σ values run"])
+            continue
+        s, h, lo, hi = spread([point_metric(p) for p in pts])
+        rows.append(["MIND Fig. 3", claim, PAPER_MIND_FIG3["sigma"], "holds" if s <= h else "does not hold",
+                     "; ".join(f"σ = {value_label(p['value'])}: {p['test.recall@50']:.4f}"
+                               for p in sorted(pts, key=lambda p: _value_key(p['value'])))
+                     + f"; spread {s:.4f} vs h = {h:.4f}"])
+    for v, pts in _ordered((sweeps.get("p") or {}).get("variants", {})).items():
+        by = {_value_key(p["value"]): p for p in pts}
+        vals = "; ".join(f"p = {value_label(p['value'])}: {p['test.recall@50']:.4f}"
+                         for p in sorted(pts, key=lambda p: _value_key(p['value'])))
+        others = [p for k, p in by.items() if k >= 1]
+        made = False
+        if 0.0 in by and others:
+            made = True
+            worst = min(others, key=lambda p: p["test.recall@50"])
+            vd, ev = verdict(point_metric(by[0.0]), point_metric(worst))
+            rows.append(["MIND Fig. 3", f"{lab(v)}: p = 0 worse than every p ≥ 1 (vs the worst, p = "
+                         f"{value_label(worst['value'])})", PAPER_MIND_FIG3["p"], vd, ev])
+        ge1 = sorted(k for k in by if k >= 1)
+        if len(ge1) >= 2:
+            made = True
+            vd, ev = verdict(point_metric(by[ge1[0]]), point_metric(by[ge1[-1]]))
+            mono = all(by[a]["test.recall@50"] <= by[b]["test.recall@50"] for a, b in zip(ge1, ge1[1:]))
+            rows.append(["MIND Fig. 3", f"{lab(v)}: larger p better (p = {value_label(by[ge1[0]]['value'])} → "
+                         f"{value_label(by[ge1[-1]]['value'])}; {'monotone' if mono else 'not monotone'})",
+                         PAPER_MIND_FIG3["p"], vd, ev + "; " + vals])
+        if not made:
+            rows.append(["MIND Fig. 3", f"{lab(v)}: p = 0 much worse; larger p better", PAPER_MIND_FIG3["p"],
+                         "not run", f"{len(pts)} of 4 p values run"])
+    for name, claim in (("sigma", "robust to σ ∈ {0.1, 1, 5}"), ("p", "p = 0 much worse; larger p better")):
+        if not (sweeps.get(name) or {}).get("variants"):
+            rows.append(["MIND Fig. 3", claim, PAPER_MIND_FIG3[name], "not run", f"no {name} sweep in quality.json yet"])
+
+    # MIND §4.3: dynamic K serving cost
+    if dyn_rows:
+        dk = ((speed or {}).get("config") or {}).get("models", {}).get("mind", {}).get("num_interests")
+        dl = ((speed or {}).get("config") or {}).get("default_max_len")
+        for k in sorted({r["num_interests"] for r, _ in dyn_rows}, key=lambda k: (k != dk, k)):
+            per = sorted(((r, f) for r, f in dyn_rows if r["num_interests"] == k), key=lambda rf: rf[0]["max_len"])
+            saved = [1 - r["mean_active_interests"] / f["mean_active_interests"] for r, f in per]
+            nsav = sum(x > 0 for x in saved)
+            fewest = min(r.get("min_active_interests", 0) for r, _ in per)
+            rows.append(["MIND §4.3", f"dynamic K cuts serving cost vs fixed K = {k}"
+                         + (" (the default)" if k == dk else ""), PAPER_MIND_DYNAMIC,
+                         "holds" if nsav == len(per) else "does not hold" if nsav == 0
+                         else f"holds for {nsav}/{len(per)} history lengths",
+                         "ANN queries/user dynamic vs fixed: "
+                         + "; ".join(f"L = {r['max_len']}" + (" (default)" if r["max_len"] == dl else "")
+                                     + f": {r['mean_active_interests']:.2f} vs {f['mean_active_interests']:.2f} "
+                                     f"({x:.0%} saved)" for (r, f), x in zip(per, saved))
+                         + f"; fewest interests {fewest} ⇒ every user has ≥ {2 ** fewest} behaviours in the window"])
+    else:
+        rows.append(["MIND §4.3", "dynamic-K serving cost vs fixed K", PAPER_MIND_DYNAMIC, "not run",
+                     "no dynamic_k rows in speed.json"])
+    out.append(table(["paper", "claim", "paper's figures", "verdict", "ours (test Recall@50) and noise"], rows))
     out.append("\n" + script_block("report", "Verdict rule", "\n\n", keep_first=True).replace("\n", " "))
 
     if lam_rows:
+        lvals = sorted({r["lambda"] for v, _, _, _ in lam_rows for r in lam[v]})
+        out.append("\nλ sweep (ComiRec eq. 12, test users, mean over seeds), Recall@50 / Diversity@50:\n")
+        out.append(table(["model"] + [f"λ = {x:g}" for x in lvals],
+                         [[lab(v)] + [next((f"{r['recall@50']:.4f} / {r['diversity@50']:.4f}" for r in lam[v]
+                                            if r["lambda"] == x), "–") for x in lvals] for v, _, _, _ in lam_rows]))
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for v, sw in sweeps.items():
-            ax.plot([r["diversity@50"] for r in sw], [r["recall@50"] for r in sw], marker="o", label=lab(v))
+        for v, _, _, _ in lam_rows:
+            ax.plot([r["diversity@50"] for r in lam[v]], [r["recall@50"] for r in lam[v]], marker="o", label=lab(v))
         ax.set_xlabel("test Diversity@50")
         ax.set_ylabel("test Recall@50")
-        ax.set_title("λ trade-off (ComiRec eq. 12), λ = " + ", ".join(str(r["lambda"]) for r in
-                                                                      next(iter(sweeps.values()))))
+        ax.set_title("λ trade-off (ComiRec eq. 12), λ = " + ", ".join(f"{x:g}" for x in lvals))
         ax.legend(fontsize=7)
         out.append("\n" + save(fig, img, "quality_lambda.png", rel))
 
     # discussion: computed from the figures above, so it cannot drift from them
-    runs = data.get("all_runs", [])
     notes = []
     missed = [r for r in trows if r[-1] == "**missed**"]
     if missed:
         notes.append("Targets missed: " + "; ".join(f"{r[0]}: {r[2]} vs {r[1]}" for r in missed) + ".")
-    against = [r for r in rows if r[2] == "does not hold"]
-    if against:
-        notes.append("Paper orderings that do not hold on MovieLens-100K at this budget: "
-                     + "; ".join(f"{r[0]} — {r[1]} ({r[3]})" for r in against) + ".")
-    capped = [r for r in runs if r.get("max_epochs") and r.get("epochs") == r.get("max_epochs")
-              and r.get("best_epoch") is not None and r["best_epoch"] == r["max_epochs"] - 1]
-    if capped:
-        notes.append("Runs ended by the epoch budget with their best epoch the last one (still improving, so "
-                     "their figures are lower bounds for this setting): "
-                     + ", ".join(f"{lab(r['variant'])} {r['setting']} seed {r['seed']}" for r in capped) + ".")
+    for label_, key in (("hold", "holds"), ("do not hold", "does not hold"), ("are within noise", "within noise")):
+        picked = [r for r in rows if r[3] == key]
+        if picked:
+            notes.append(f"Findings that {label_} on MovieLens-100K at this budget ({len(picked)}): "
+                         + "; ".join(f"{r[0]} — {r[1]}" for r in picked) + ".")
+    if loo:
+        both = [v for v in loo if v in sg and "recall@50" in loo[v] and "recall@50" in sg[v]]
+        agree = total = 0
+        for i, a in enumerate(both):
+            for b in both[i + 1:]:
+                total += 1
+                agree += ((sg[a]["recall@50"]["mean"] - sg[b]["recall@50"]["mean"])
+                          * (loo[a]["recall@50"]["mean"] - loo[b]["recall@50"]["mean"]) > 0)
+        best_loo = max(both, key=lambda v: loo[v]["recall@50"]["mean"]) if both else None
+        ns = sorted({loo[v]["recall@50"].get("n", 1) for v in both})
+        if best_loo:
+            notes.append(f"Leave-one-out ({len(both)} models, {'/'.join(map(str, ns))} seed(s)): highest test "
+                         f"Recall@50 {lab(best_loo)} {pm(loo[best_loo]['recall@50'])}; the ordering of model pairs "
+                         f"by mean agrees with strong generalization for {agree} of {total} pairs. One target per "
+                         "user makes its user CI wider than strong generalization's.")
+    else:
+        notes.append("Leave-one-out: not run yet.")
+    cap = [r for r in runs if capped(r)]
+    if cap:
+        notes.append(f"Runs ended by the epoch budget with their best epoch the last one ({CAPPED}; still improving, "
+                     "so their figures are lower bounds for this setting): "
+                     + ", ".join(f"{lab(r['variant'])} {r['protocol']} {r['setting']} seed {r['seed']}" for r in cap)
+                     + ".")
     cut = [r for r in runs if r.get("truncated")]
     if cut:
         notes.append("Runs stopped at the deadline (†), evaluated from their best checkpoint so far: "
@@ -355,9 +753,12 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
                                  f"{r.get('max_epochs')} epochs" for r in cut)
                      + ". Their budget was smaller than the others', so orderings involving them are not "
                        "like-for-like.")
-    one_seed = [lab(v) for v, p in sg.items() if p.get("recall@50", {}).get("n", 0) == 1]
-    if one_seed:
-        notes.append("One seed only (no seed spread; the user CI is the noise shown): " + ", ".join(one_seed) + ".")
+    nseed = {}
+    for v, p in sg.items():
+        nseed.setdefault(p.get("recall@50", {}).get("n", 0), []).append(lab(v))
+    if len(nseed) > 1 or 1 in nseed:
+        notes.append("Seeds per model (strong generalization): "
+                     + "; ".join(f"{n}: {', '.join(vs)}" for n, vs in sorted(nseed.items())) + ".")
     if notes:
         out.append("\n### Discussion (generated from the figures above)\n")
         out += [f"- {n}" for n in notes]
@@ -367,7 +768,7 @@ def quality_section(data: dict, img: Path, rel: str) -> list[str]:
         keys = ["variant", "protocol", "setting", "seed", "valid.recall@50", "test.recall@50", "epochs",
                 "best_epoch", "max_epochs", "truncated", "train_wall_s"]
         keys = [k for k in keys if any(k in r for r in runs)]
-        out.append(table(keys, [[r.get(k) for k in keys] for r in runs]))
+        out.append(table(keys + [CAPPED], [[r.get(k) for k in keys] + [CAPPED if capped(r) else ""] for r in runs]))
     return out
 
 
@@ -504,7 +905,16 @@ def generic_section(name: str, data: Any, img: Path, rel: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- main
-def render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
+def render(results_dir: Path, out_path: Path, img_dir: Path, plots: bool = True) -> str:
+    """Write ``out_path`` from ``results_dir/*.json`` (PNGs into ``img_dir`` unless ``plots`` is False)."""
+    _PLOTS["on"] = plots
+    try:
+        return _render(results_dir, out_path, img_dir)
+    finally:
+        _PLOTS["on"] = True
+
+
+def _render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
     files = sorted(Path(results_dir).glob("*.json"),
                    key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
     import os
@@ -529,7 +939,13 @@ def render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
         cmds = command_of(p.stem, data)
         parts += ["Produced by:", "", "```", *cmds, "```", ""]
         if p.stem == "quality":
-            body = quality_section(data, img_dir, rel)
+            speed = {}
+            if (Path(results_dir) / "speed.json").exists():  # MIND's dynamic-K serving figures
+                try:
+                    speed = json.loads((Path(results_dir) / "speed.json").read_text())
+                except json.JSONDecodeError:
+                    speed = {}
+            body = quality_section(data, img_dir, rel, speed if isinstance(speed, dict) else {})
             choices = script_block(p.stem, "Choices the issue leaves open", "Resumable:")
             if choices:
                 body += ["", "### Choices and budget (from benchmarks/quality.py)", "", choices]
@@ -551,8 +967,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "RESULTS.md")
     ap.add_argument("--img", type=Path, default=REPO / "docs" / "img")
+    ap.add_argument("--no-plots", action="store_true", help="tables only: write no PNG (the links stay)")
     args = ap.parse_args(argv)
-    render(args.results, args.out, args.img)
+    render(args.results, args.out, args.img, plots=not args.no_plots)
     print(f"wrote {args.out}")
 
 
