@@ -2,17 +2,22 @@
 
 Nothing in the report is typed by hand: every figure comes from a result file, and every section names the
 command that produced its file (the file's own ``command`` / ``meta.command(s)`` when it records one, else the
-benchmark script of the same name). ``quality.json`` and ``planted.json`` have dedicated sections (headline
-table, targets, the papers' findings as holds / does not hold / within noise); any other result file
+benchmark script of the same name). ``quality.json`` and ``planted.json`` have dedicated sections. Quality:
+the headline (strong generalization: mean ± std over seeds, seed CI, user CI, per-seed values), leave-one-out
+beside it, the targets, all metrics per protocol, the tuning grid, the one-factor sweeps (K, σ, p: a table
+and a PNG each, ComiRec Table 4 beside ours), MIND's dynamic-K serving cost (from ``speed.json``), the λ
+trade-off, and the papers' findings each with a verdict (holds / does not hold / within noise) computed by the
+rule below; the only typed-in numbers are the papers' own (``PAPER_*``, with their table). Any other file
 (data_path, train_speed, serving, index, speed, ...) is rendered generically: its scalars as a key/value
 table, its lists of records and its dicts of records as tables, and one bar chart of its first records table.
 
     .venv/bin/python benchmarks/report.py                     # benchmarks/results -> docs/RESULTS.md, docs/img
     .venv/bin/python benchmarks/report.py --results DIR --out FILE --img DIR
+    .venv/bin/python benchmarks/report.py --no-plots          # tables only (the PNG links stay)
 
 Verdict rule (declared here and in the report; test Recall@50). An ordering claim "A < B": Δ = mean(B) −
 mean(A), each the mean over the seeds it has; h = the mean of the two user-bootstrap 95 % half-widths (the
-evaluator's per-run bootstrap over the ~94 test users, averaged over seeds). The claim is "within noise"
+evaluator's per-run bootstrap over the test users, averaged over seeds). The claim is "within noise"
 when |Δ| ≤ h, or when both have ≥ 2 seeds and their seed intervals (percentile bootstrap of the mean over
 seeds) overlap; otherwise it "holds" if Δ > 0 and "does not hold" if Δ < 0. Why h and not a combination of
 both half-widths: both models are scored on the same users, so the interval of the difference is
@@ -21,7 +26,7 @@ per-user results, which quality.py does not keep). A "same level" claim ("X+HN r
 holds when the pair is within noise or X is above, and does not hold when X is below beyond noise;
 robustness to σ holds when the spread (max − min over the σ points) is ≤ h and does not hold otherwise;
 sensitivity to K holds when the spread over K exceeds h and is "within noise" otherwise. Sweep points are one
-run each (seed 2026), so only h applies to them. The λ trade-off (ComiRec Table 5) holds for a model when,
+run each (the tuning seed), so only h applies to them. The λ trade-off (ComiRec Table 5) holds for a model when,
 from λ = 0 to the paper's largest λ (0.25), its relative diversity gain exceeds its relative recall loss; MIND's
 dynamic K is judged on the exact number of ANN queries per user (no noise).
 """
@@ -292,11 +297,16 @@ def ci_cell(lo: float | None, hi: float | None) -> str:
 
 
 def value_label(v: Any) -> str:
-    return "∞" if v is None else fmt(v) if not isinstance(v, float) or v != int(v) else str(int(v))
+    return "∞" if v is None else f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def _value_key(v: Any) -> float:
     return math.inf if v is None else float(v)
+
+
+def _mean_half(proto: dict, variants: list[str]) -> float:
+    hs = [h for h in (half_width(proto[v].get("recall@50")) for v in variants) if h is not None]
+    return sum(hs) / len(hs) if hs else math.nan
 
 
 def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) -> list[str]:
@@ -378,8 +388,9 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
                           ", ".join(epochs_cell(r) for r in used_runs(v, "loo")) or "–"])
         out.append(table(["model", "sg Recall@50", "sg seeds", "loo Recall@50 (mean ± std)", "loo seeds",
                           "loo seed CI", "loo user CI", "loo NDCG@50", "loo epochs"], lrows))
-        out.append("\nLeave-one-out: each test user's last interaction is the one target (so Recall@N = HitRate@N); "
-                   "same chosen settings as strong generalization (tuned there, not re-tuned). All metrics: below.")
+        out.append("\nLeave-one-out (components/split.py): every user, the last interaction is the one test target and "
+                   "the second-to-last the valid one (so Recall@N = HitRate@N); the settings chosen on the strong-"
+                   "generalization valid users (not re-tuned). All its metrics: below.")
         miss = [lab(v) for v in sg if v not in loo]
         if miss:
             out.append(f"\nLeave-one-out not run (yet) for: {', '.join(miss)}.")
@@ -449,7 +460,6 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
 
     # sweeps
     sweeps = data.get("sweeps") or {}
-    sweep_verdicts: list[list[str]] = []
     if sweeps:
         out.append("\n### One-factor sweeps around the chosen setting (test users, one seed each)\n")
         out.append("Each point is one run (seed " + ", ".join(sorted({str(s.get("seed")) for s in sweeps.values()}))
@@ -548,7 +558,8 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
                            f"{r['mean_active_interests']:.2f}", f"{f['mean_active_interests']:.2f}",
                            f"{1 - r['mean_active_interests'] / f['mean_active_interests']:.0%}",
                            f"{r.get('share_below_k', 0):.0%}",
-                           f"{r.get('latency_one_user_ms_p50', math.nan):.2f} / {f.get('latency_one_user_ms_p50', math.nan):.2f}",
+                           f"{r.get('latency_one_user_ms_p50', math.nan):.2f} / "
+                           f"{f.get('latency_one_user_ms_p50', math.nan):.2f}",
                            f"{r.get('latency_per_user_batch512_us_p50', math.nan):.0f} / "
                            f"{f.get('latency_per_user_batch512_us_p50', math.nan):.0f}"] for r, f in dyn_rows]))
 
@@ -566,7 +577,8 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         x, y = PAPER_COMIREC_T3[a], PAPER_COMIREC_T3[b]
         return f"{x[0]:.2f} vs {y[0]:.2f} (Amazon), {x[1]:.2f} vs {y[1]:.2f} (Taobao), R@50"
 
-    claims = [("UMI Table 2", "MIND < YouTube DNN", umi_fig("mind", "youtube_dnn"), verdict(g("mind"), g("youtube_dnn")))]
+    claims = [("UMI Table 2", "MIND < YouTube DNN", umi_fig("mind", "youtube_dnn"),
+               verdict(g("mind"), g("youtube_dnn")))]
     for base in ("mind", "comirec_dr", "comirec_sa"):
         claims.append(("UMI Table 2", f"HN lifts {lab(base)} ({lab(base)} < {lab(base + '+hn')})",
                        umi_fig(base, base + "+hn"), verdict(g(base), g(base + "+hn"))))
@@ -602,8 +614,8 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         s, h, lo, hi = spread(ms)
         kv = {id(m): p.get("value") for m, p in zip(ms, pts)}
         best_valid = max(pts, key=lambda p: p["valid.recall@50"])["value"]
-        rows.append(["ComiRec Table 4", f"{lab(v)}: Recall@50 depends on K (K ∈ "
-                     f"{{{', '.join(value_label(p['value']) for p in sorted(pts, key=lambda p: _value_key(p['value'])))}}})",
+        ks_run = ", ".join(value_label(p["value"]) for p in sorted(pts, key=lambda p: _value_key(p["value"])))
+        rows.append(["ComiRec Table 4", f"{lab(v)}: Recall@50 depends on K (K ∈ {{{ks_run}}})",
                      pfig, "holds" if s > h else "within noise",
                      f"spread {s:.4f} (K = {value_label(kv[id(lo)])}: {lo['mean']:.4f} → K = "
                      f"{value_label(kv[id(hi)])}: {hi['mean']:.4f}), h = {h:.4f}; best K on valid = "
@@ -671,7 +683,8 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
                          "not run", f"{len(pts)} of 4 p values run"])
     for name, claim in (("sigma", "robust to σ ∈ {0.1, 1, 5}"), ("p", "p = 0 much worse; larger p better")):
         if not (sweeps.get(name) or {}).get("variants"):
-            rows.append(["MIND Fig. 3", claim, PAPER_MIND_FIG3[name], "not run", f"no {name} sweep in quality.json yet"])
+            rows.append(["MIND Fig. 3", claim, PAPER_MIND_FIG3[name], "not run",
+                         f"no {name} sweep in quality.json yet"])
 
     # MIND §4.3: dynamic K serving cost
     if dyn_rows:
@@ -690,7 +703,8 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
                          + "; ".join(f"L = {r['max_len']}" + (" (default)" if r["max_len"] == dl else "")
                                      + f": {r['mean_active_interests']:.2f} vs {f['mean_active_interests']:.2f} "
                                      f"({x:.0%} saved)" for (r, f), x in zip(per, saved))
-                         + f"; fewest interests {fewest} ⇒ every user has ≥ {2 ** fewest} behaviours in the window"])
+                         + f"; fewest interests {fewest} ⇒ every user has ≥ {2 ** fewest} behaviours in the "
+                           "window"])
     else:
         rows.append(["MIND §4.3", "dynamic-K serving cost vs fixed K", PAPER_MIND_DYNAMIC, "not run",
                      "no dynamic_k rows in speed.json"])
@@ -736,8 +750,9 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         if best_loo:
             notes.append(f"Leave-one-out ({len(both)} models, {'/'.join(map(str, ns))} seed(s)): highest test "
                          f"Recall@50 {lab(best_loo)} {pm(loo[best_loo]['recall@50'])}; the ordering of model pairs "
-                         f"by mean agrees with strong generalization for {agree} of {total} pairs. One target per "
-                         "user makes its user CI wider than strong generalization's.")
+                         f"by mean agrees with strong generalization for {agree} of {total} pairs. Mean user-CI "
+                         f"half-width of Recall@50: leave-one-out {_mean_half(loo, both):.4f}, strong generalization "
+                         f"{_mean_half(sg, both):.4f}.")
     else:
         notes.append("Leave-one-out: not run yet.")
     cap = [r for r in runs if capped(r)]
