@@ -167,7 +167,7 @@ def save(fig, img_dir: Path, name: str, rel: str) -> str:
 PAPER_UMI_T2 = {"youtube_dnn": 26.687, "mind": 22.415, "mind+hn": 25.781, "comirec": 20.839,
                 "comirec+hn": 26.367, "umi": 27.805}
 #: ComiRec (KDD 2020) Table 3, Recall@50 (%): (Amazon Books, Taobao)
-PAPER_COMIREC_T3 = {"youtube_dnn": (7.312, 6.172), "mind": (7.638, 8.155), "comirec_sa": (8.467, 9.462),
+PAPER_COMIREC_T3 = {"most_popular": (2.400, 0.735), "youtube_dnn": (7.312, 6.172), "mind": (7.638, 8.155), "comirec_sa": (8.467, 9.462),
                     "comirec_dr": (8.106, 9.818)}
 #: ComiRec Table 4, Recall@50 (%) per K: (Amazon Books, Taobao)
 PAPER_COMIREC_T4 = {"comirec_sa": {2: (8.835, 9.935), 4: (8.467, 9.462), 6: (8.901, 9.378), 8: (8.547, 9.493)},
@@ -374,6 +374,22 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         ax.set_ylabel("test Recall@50")
         ax.set_title("MovieLens-100K, strong generalization (error bar: std over seeds)")
         out.append("\n" + save(fig, img, "quality_recall50.png", rel))
+
+    # the papers' own figures for the same models (other data sets: their orderings compare, not levels)
+    if sg:
+        prow = []
+        for v, p in sg.items():
+            umi = PAPER_UMI_T2.get({"comirec_dr": "comirec", "comirec_sa": "comirec", "comirec_dr+hn": "comirec+hn",
+                                    "comirec_sa+hn": "comirec+hn"}.get(v, v))
+            t3 = PAPER_COMIREC_T3.get(v)
+            prow.append([lab(v), pm(p.get("recall@50")), pm(p.get("hitrate@50")),
+                         f"{umi:.3f}" if umi is not None else "–",
+                         f"{t3[0]:.3f} / {t3[1]:.3f}" if t3 else "–"])
+        out.append("\nThe papers' figures for the same models (other data, so compare orderings, not levels; UMI's "
+                   "ComiRec row stands for both ComiRec models):\n")
+        out.append(table(["model", "ours: test Recall@50", "ours: test HitRate@50",
+                          "UMI Table 2: HitRate@50 % (MovieLens-1M)",
+                          "ComiRec Table 3: Recall@50 % (Amazon Books / Taobao)"], prow))
 
     # leave-one-out beside the headline
     out.append("\n### Leave-one-out beside strong generalization (test Recall@50)\n")
