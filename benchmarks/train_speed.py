@@ -162,10 +162,11 @@ def profile_phases(split: Path, params: dict, names: list[str], steps: int = 60)
 
     import models as M
     from components.config import from_dict
-    from components.train import ModelConfig, TrainConfig
+    from components.train import ModelConfig, TrainConfig, keep_freed_memory
     from components.train_data import EpochBatchSampler, PrefixDataset, load_split_meta, read_ragged
     from models.loss import NegativeSampler, sampled_softmax_loss
 
+    keep_freed_memory()  # as components.train.run does
     meta = load_split_meta(split)
     seqs = read_ragged(split / "train.parquet", "items", meta.num_items, meta.profiles.shape[0])
     out = {}

@@ -342,6 +342,29 @@ def make_timer():
 
 
 # ------------------------------------------------------------------------------------------------- run
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A training step allocates and frees the same few MB-sized tensors every time (activations, gradients).
+    By default glibc serves such blocks with ``mmap`` and unmaps them on ``free`` (or trims the heap), so
+    every step page-faults its activations back in: measured 10-25% of a step's CPU time as kernel time for
+    ComiRec and UMI at batch 256. Raising the mmap and trim thresholds (``mallopt``) makes the process reuse
+    its heap; peak memory is unchanged (the memory was already needed at the peak). Process-wide; a no-op
+    (False) where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    ok = mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum on 64-bit: 32 MiB
+    ok &= mallopt(m_trim_threshold, 2**30)
+    return bool(ok)
+
+
 def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *, seed: int) -> dict:
     """Train ``model`` on ``split_dir`` and write the outputs into ``out_dir`` (atomically, rank 0 only).
 
@@ -366,6 +389,7 @@ def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *,
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    keep_freed_memory()
     pl.seed_everything(seed, workers=True, verbose=False)
     meta = load_split_meta(split_dir)
     hparams = {**model.hparams, "num_items": meta.num_items, "num_categories": meta.num_categories,

@@ -55,6 +55,13 @@ def _is_hard(attention_pow: float | None) -> bool:
     return attention_pow is None or math.isinf(attention_pow)
 
 
+def _best_interest(compat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, K, N) compatibilities, (B, K, 1) mask -> (B, 1, N) index of the best unmasked interest (ties: the
+    lowest index). ``max(dim).indices`` is ``argmax`` (both return the first maximum) and on CPU about 10x
+    cheaper than ``argmax`` over a middle dimension."""
+    return compat.masked_fill(~mask, NEG_INF).max(dim=1, keepdim=True).indices
+
+
 def interest_weights(compat: torch.Tensor, interest_mask: torch.Tensor, attention_pow: float | None) -> torch.Tensor:
     """Weights over interests for each (user, candidate) pair.
 
@@ -67,8 +74,7 @@ def interest_weights(compat: torch.Tensor, interest_mask: torch.Tensor, attentio
     """
     mask = interest_mask.unsqueeze(-1)  # (B, K, 1)
     if _is_hard(attention_pow):
-        masked = compat.masked_fill(~mask, NEG_INF)
-        best = masked.argmax(dim=1, keepdim=True)  # ComiRec eq. (8) / UMI eq. (10): (B, 1, N)
+        best = _best_interest(compat, mask)  # ComiRec eq. (8) / UMI eq. (10): (B, 1, N)
         return torch.zeros_like(compat).scatter_(1, best, 1.0)
     # MIND §3.4 label-aware attention, softmax(p * compat) (see module docstring); masked after scaling
     logits = (attention_pow * compat).masked_fill(~mask, NEG_INF)
@@ -89,6 +95,11 @@ def select_interest(interests: torch.Tensor, interest_mask: torch.Tensor, target
         (B, D) user vectors.
     """
     compat = torch.einsum("bkd,bd->bk", interests, target_emb).unsqueeze(-1)  # (B, K, 1)
+    if _is_hard(attention_pow):
+        # the one-hot weighted sum of the interests is the selected interest itself: gather it (same values
+        # and gradients, without the (B, K) one-hot and a batched matmul)
+        best = _best_interest(compat, interest_mask.unsqueeze(-1))  # (B, 1, 1)
+        return interests.gather(1, best.expand(-1, -1, interests.shape[-1])).squeeze(1)  # ComiRec eq. (8), (B, D)
     w = interest_weights(compat, interest_mask, attention_pow)  # (B, K, 1)
     return torch.einsum("bk,bkd->bd", w.squeeze(-1), interests)  # MIND: V_u softmax(...), (B, D)
 
@@ -98,6 +109,11 @@ def _scores(interests, interest_mask, user_vec, cand_emb, attention_pow, harder_
     if not harder_negatives:
         return user_vec @ cand_emb.T  # (B, D) @ (D, N) -> (B, N)
     compat = torch.einsum("bkd,nd->bkn", interests, cand_emb)  # (B, K, N)
+    if _is_hard(attention_pow):
+        # the one-hot weighted sum over K is the compatibility of the selected interest: gather it (same
+        # values and gradients as (one_hot * compat).sum(1), at a fraction of the cost)
+        best = _best_interest(compat, interest_mask.unsqueeze(-1))  # (B, 1, N)
+        return compat.gather(1, best).squeeze(1)  # UMI eq. (12) with argmax (eq. 10), (B, N)
     w = interest_weights(compat, interest_mask, attention_pow)
     return (w * compat).sum(dim=1)  # UMI eq. (12): each candidate scored by the interest it selects, (B, N)
 

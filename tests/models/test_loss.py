@@ -223,3 +223,48 @@ def test_sampler_rejects_bad_input():
         NegativeSampler("popularity", 10)
     with pytest.raises(ValueError, match="num_items"):
         NegativeSampler("uniform", 1)
+
+
+def _one_hot_reference_loss(interests, mask, pos_ids, pos_emb, neg_ids, neg_emb, harder):
+    """The straightforward hard selection: a one-hot of ``argmax`` times the compatibilities, summed over K
+    (ComiRec eq. 8, UMI eqs. 10 and 12), for the user vector and, with ``harder``, for every negative."""
+    def one_hot(compat):  # (B, K, N)
+        best = compat.masked_fill(~mask[..., None], float("-inf")).argmax(dim=1, keepdim=True)
+        return torch.zeros_like(compat).scatter_(1, best, 1.0)
+
+    c_pos = torch.einsum("bkd,bd->bk", interests, pos_emb).unsqueeze(-1)
+    user = torch.einsum("bk,bkd->bd", one_hot(c_pos).squeeze(-1), interests)
+    if harder:
+        c_neg = torch.einsum("bkd,nd->bkn", interests, neg_emb)
+        neg_logit = (one_hot(c_neg) * c_neg).sum(1)
+    else:
+        neg_logit = user @ neg_emb.T
+    neg_logit = neg_logit.masked_fill(neg_ids[None, :] == pos_ids[:, None], float("-inf"))
+    logits = torch.cat([(user * pos_emb).sum(-1, keepdim=True), neg_logit], dim=1)
+    return -F.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+@pytest.mark.parametrize("harder", [False, True])
+def test_hard_selection_by_gather_equals_one_hot_sum(harder):
+    """The gather-based hard selection (max(dim).indices) gives the same loss and gradients as the one-hot
+    formulation, ties (two identical interests) and masked interests included."""
+    interests, mask, items, pos_ids = _setup(3)
+    interests = interests.clone()
+    interests[0, 0] = interests[0, 2] = 3 * items[pos_ids[0]]  # exact ties, and the positive's best interest
+    interests[2, 1] = interests[2, 3]
+    neg_ids = torch.tensor([1, 3, 7, 9, 20, 39])
+    out = []
+    for fn in (sampled_softmax_loss, _one_hot_reference_loss):
+        v = interests.clone().requires_grad_(True)
+        e = items.clone().requires_grad_(True)
+        if fn is sampled_softmax_loss:
+            loss = fn(v, mask, pos_ids, e[pos_ids], neg_ids, e[neg_ids], attention_pow=None, harder_negatives=harder)
+        else:
+            loss = fn(v, mask, pos_ids, e[pos_ids], neg_ids, e[neg_ids], harder)
+        loss.backward()
+        out.append((loss.detach(), v.grad, e.grad))
+    (l1, gv1, ge1), (l2, gv2, ge2) = out
+    assert torch.allclose(l1, l2, atol=1e-6, rtol=0)
+    assert torch.allclose(gv1, gv2, atol=1e-6, rtol=0) and torch.allclose(ge1, ge2, atol=1e-6, rtol=0)
+    # the tie goes to the lowest index, as argmax's does: the duplicate interest 2 of row 0 gets no gradient
+    assert (gv1[0, 2] == 0).all() and gv1[0, 0].abs().sum() > 0
