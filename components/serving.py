@@ -19,6 +19,21 @@ Request handling (choices the papers leave open):
 - with ``use_index=True`` and λ = 0 retrieval goes through the bundle's faiss index (the approximate path
   for huge catalogues); λ > 0 always uses exact per-interest retrieval (Algorithm 2 needs its candidates).
 
+The single-user exact path (λ = 0, no index) is the latency-critical one and has its own code,
+:meth:`Recommender._exact_one`, with the same answer as :func:`components.retrieval.topn` (tested against
+evaluate's lists). Profile of one request (100k items, K = 4, D = 64, one core; benchmarks/serving.py):
+the K×N score block is ~70 % of the time and memory-bound (the 25.6 MB item table is streamed once per
+request), so:
+- scores come from MKL's *packed* sgemm (``torch.ops.mkl._mkl_linear`` with the item table packed once at
+  load for K rows): ~3.7 ms instead of ~5 ms for ``torch.matmul``, which re-packs the table on every call.
+  The packed product is bit-identical to ``torch.matmul`` (same MKL micro-kernel and summation order); this
+  is checked at load on probe vectors and the plain product is used if it ever differs or MKL is absent;
+- top-n by a block-max threshold instead of ``torch.topk``: the n-th largest of the per-block maxima
+  (blocks of 256 items) is a lower bound of the n-th largest score, so every item of the top-n (ties
+  included) scores at least that; only those few dozen candidates are sorted (score desc, index asc —
+  the tie rule of :func:`components.retrieval.stable_topk`). Exact, ~0.2 ms instead of ~0.7 ms.
+Batches of users keep :func:`components.retrieval.retrieve` (a batch amortises the table stream anyway).
+
 :class:`ABSpec` is the A/B experiment spec (``ab.json`` next to the bundles): deterministic bucketing
 ``sha256(salt \\x1f user_id)`` → first 8 bytes big-endian mod ``num_buckets``; buckets below
 ``round(treatment_share * num_buckets)`` get the treatment. hashlib, not ``hash()``: stable across processes,
@@ -68,6 +83,7 @@ class Recommender:
         self.manifest = manifest or {}
         self.index, self.row_items = index, row_items
         self.stats = {"requests": 0, "unknown_items": 0, "unknown_profile_values": 0, "fallbacks": 0}
+        self._packed: dict[int, Any] = {}  # rows -> MKL-packed item table, or None where packing is unusable
 
     @property
     def num_items(self) -> int:
@@ -111,11 +127,14 @@ class Recommender:
             from components.build_index import load_index
 
             index, row_items, _ = load_index(bundle_dir)
-        return cls(tower=tower, item_emb=emb, item_ids=ids, item_category=cats, train_count=counts,
-                   profile_fields=list(vocab.get("profile_fields", [])),
-                   profile_values=dict(vocab.get("profile_values", {})), max_len=int(manifest["max_len"]),
-                   exclude_history=bool(manifest.get("exclude_history", True)), manifest=manifest,
-                   index=index, row_items=row_items)
+        rec = cls(tower=tower, item_emb=emb, item_ids=ids, item_category=cats, train_count=counts,
+                  profile_fields=list(vocab.get("profile_fields", [])),
+                  profile_values=dict(vocab.get("profile_values", {})), max_len=int(manifest["max_len"]),
+                  exclude_history=bool(manifest.get("exclude_history", True)), manifest=manifest,
+                  index=index, row_items=row_items)
+        if index is None:
+            rec.warm_up()
+        return rec
 
     # ------------------------------------------------------------------------------------------- requests
     def recommend(self, history_item_ids: Sequence[str | int], profile: Mapping[str, Any] | None = None,
@@ -163,6 +182,10 @@ class Recommender:
             history, mask = pad_histories(hists, self.max_len)
             with torch.no_grad():
                 interests, imask = self.tower(history, mask, prof[live])
+            if len(live) == 1 and lam == 0 and self.index is None:
+                scores, items = self._exact_one(interests[0], imask[0], hists[0], n)
+                results[live[0]] = [(str(self.item_ids[i]), s) for s, i in zip(scores, items)]
+                return results  # type: ignore[return-value]
             exclude = pad_exclusions(hists) if self.exclude_history else None
             if self.index is not None and lam == 0:
                 scores, items = faiss_topn(self.index, self.row_items, interests.numpy(), imask.numpy(), n,
@@ -176,6 +199,74 @@ class Recommender:
                               for s, i in zip(scores[j].tolist(), items[j].tolist())
                               if i != 0 and s != float("-inf")]
         return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------ single-user exact path
+    def _exact_one(self, interests, interest_mask, history: list[int], n: int) -> tuple[list[float], list[int]]:
+        """Exact merged top-``n`` of one user: :func:`components.retrieval.topn` for a batch of one.
+
+        Args:
+            interests: (K, D) float tensor; interest_mask: (K,) bool tensor; history: item indices to
+                exclude (when the bundle excludes history); n: list length (<= number of real items).
+        Returns:
+            (scores, item indices), best first, -inf entries (fewer than n items left) dropped.
+        """
+        import torch
+
+        v = interests.float().contiguous()
+        with torch.no_grad():
+            scores = self._scores(v)[: v.shape[0]]  # (K, N): eq. (11)'s e_i^T v_u^(k), as evaluate computes it
+            if not bool(interest_mask.all()):
+                scores = scores.masked_fill(~interest_mask.unsqueeze(-1), NEG_INF)
+            best = scores.amax(dim=0) if scores.shape[0] > 1 else scores[0]  # eq. (11): max over interests
+            best[0] = NEG_INF  # padding
+            if self.exclude_history and history:
+                best[torch.as_tensor(history, dtype=torch.long)] = NEG_INF
+            vals, idx = block_topn(best, n)
+        out_s, out_i = [], []
+        for s, i in zip(vals.tolist(), idx.tolist()):
+            if i != 0 and s != NEG_INF:
+                out_s.append(s)
+                out_i.append(i)
+        return out_s, out_i
+
+    def _scores(self, v):
+        """(K, D) interests -> (K, N) scores, bit-equal to the rows of evaluate's batched product.
+
+        A one-row product goes through MKL's matrix-vector kernel, whose rounding differs from the
+        matrix-matrix kernel evaluate's batches use (measured: every D for 1 row, D >= 64 for 2 rows), so
+        the block is padded with zero rows to at least ``_MIN_ROWS``.
+        """
+        import torch
+
+        rows = max(v.shape[0], _MIN_ROWS)
+        if rows > v.shape[0]:
+            v = torch.cat([v, v.new_zeros(rows - v.shape[0], v.shape[1])])
+        if rows not in self._packed:
+            self._packed[rows] = pack_item_table(self.item_emb, rows)
+        packed = self._packed[rows]
+        if packed is None:
+            out = torch.matmul(v, self.item_emb.T)
+        else:
+            out = torch.ops.mkl._mkl_linear(v, packed, self.item_emb, None, rows)
+        return out  # (rows, N); the caller keeps its K rows
+
+    def warm_up(self, num_interests: int | None = None) -> None:
+        """Pack the item table for ``num_interests`` rows (default: the tower's K) and run the tower once,
+        so the first request does not pay for packing and TorchScript's profiling runs."""
+        import torch
+
+        from components.retrieval import pad_histories
+
+        if self.num_items < 1:
+            return
+        history, mask = pad_histories([[1]], self.max_len)
+        prof = torch.zeros(1, len(self.profile_fields), dtype=torch.long)
+        with torch.no_grad():
+            for _ in range(3):
+                interests, _ = self.tower(history, mask, prof)
+        rows = max(int(num_interests or interests.shape[1]), _MIN_ROWS)
+        if rows not in self._packed:
+            self._packed[rows] = pack_item_table(self.item_emb, rows)
 
     # ------------------------------------------------------------------------------------------ validation
     def _encode_history(self, history: Any) -> list[int]:
@@ -223,6 +314,78 @@ class Recommender:
         if isinstance(lam, bool) or not isinstance(lam, Real) or not math.isfinite(lam) or lam < 0:
             raise RequestError(f"diversity_lambda must be a finite number >= 0, got {lam!r}")
         return float(lam)
+
+
+# ------------------------------------------------------------------------------------------ exact helpers
+NEG_INF = float("-inf")
+_BLOCK = 256  # items per block of the top-n threshold (block_topn)
+_MIN_ROWS = 4  # the single-user score block is padded to at least this many rows (Recommender._scores)
+
+
+def block_topn(scores, n: int):
+    """Exact top-``n`` of a 1-D float32 tensor, sorted by (score desc, index asc).
+
+    The same answer as :func:`components.retrieval.stable_topk` on one row. Threshold: split the scores
+    into blocks of ``_BLOCK``; ``n`` distinct blocks have a maximum >= t, the n-th largest block maximum, so
+    at least ``n`` scores are >= t and the n-th largest score is >= t. Every item of the top-n (ties at the
+    boundary included) therefore scores >= t; only those candidates are sorted. (numpy for the candidate
+    scan and the sort: ``np.flatnonzero`` is ~8x faster than ``torch.nonzero`` on 100k floats.)
+
+    Returns:
+        values (min(n, len),) float32, indices (min(n, len),) int64 numpy arrays.
+    """
+    import torch
+
+    s = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    size = s.shape[0]
+    n = min(n, size)
+    blocks = size // _BLOCK
+    if n < 1:
+        return s[:0], np.zeros(0, dtype=np.int64)
+    if blocks >= n:
+        t = torch.from_numpy(s[: blocks * _BLOCK]).view(blocks, _BLOCK).amax(dim=1)
+        if blocks * _BLOCK < size:  # the tail is a block of its own
+            t = torch.cat([t, torch.from_numpy(s[blocks * _BLOCK:]).amax().reshape(1)])
+        t = float(torch.kthvalue(t, t.shape[0] - n + 1).values)  # n-th largest block maximum
+        cand = np.flatnonzero(s >= t)  # ascending indices
+    else:
+        cand = np.arange(size)
+    vals = s[cand]
+    order = np.argsort(-vals, kind="stable")[:n]  # stable: lower index first on ties
+    return vals[order], cand[order]
+
+
+def pack_item_table(item_emb, rows: int):
+    """The item table packed by MKL for products with ``rows`` query rows, or None where unusable.
+
+    ``torch.matmul`` packs its right operand on every call; packing once saves ~25 % of a single-user
+    request. The packed product must equal, bit for bit, the rows of the batched ``torch.matmul`` that
+    :func:`components.retrieval.merged_scores` computes in evaluation (serving must reproduce evaluate's
+    lists exactly, ties included): checked here on probe vectors (fixed seed, and rows of the table
+    itself) against one product of >= 64 rows; None (use torch.matmul) if MKL is absent, the table is not
+    float32, or any bit differs.
+    """
+    import torch
+
+    mkl = getattr(torch.ops, "mkl", None)
+    if (item_emb.dtype != torch.float32 or item_emb.dim() != 2 or rows < 1 or not torch.backends.mkl.is_available()
+            or mkl is None or not hasattr(mkl, "_mkl_linear")):
+        return None
+    try:
+        packed = mkl._mkl_reorder_linear_weight(item_emb, rows)
+        gen = torch.Generator().manual_seed(0)
+        scale = float(item_emb.abs().mean()) or 1.0
+        size = max(64, 2 * rows)
+        probe = torch.cat([torch.randn(size - 16, item_emb.shape[1], generator=gen) / scale,
+                           item_emb[torch.arange(16) % item_emb.shape[0]]])
+        ref = torch.matmul(probe.unsqueeze(0), item_emb.T)[0]  # a batch, as evaluate computes it
+        for start in range(0, size - rows + 1, max(rows, 16)):
+            got = mkl._mkl_linear(probe[start: start + rows].contiguous(), packed, item_emb, None, rows)
+            if not torch.equal(got, ref[start: start + rows]):
+                return None
+    except RuntimeError:
+        return None
+    return packed
 
 
 # ---------------------------------------------------------------------------------------------- A/B spec

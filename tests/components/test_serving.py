@@ -150,3 +150,81 @@ def test_ab_assignment_is_stable_across_processes(tmp_path):
     here = [spec.assign(u) for u in ids]
     assert results[0] == results[1] == here
     assert 0 < here.count("treatment") < len(ids)
+
+
+# ---------------------------------------------------------------------------------- fast single-user path
+def test_block_topn_equals_stable_topk_with_ties_and_exclusions():
+    import torch
+
+    from components.retrieval import stable_topk
+    from components.serving import block_topn
+
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for size in (1, 7, 300, 1000, 5000, 20_000):
+        s = torch.randn(size, generator=gen)
+        cases.append(s)
+        cases.append(torch.round(s * 3) / 3)  # few distinct values: ties everywhere, also at the boundary
+        t = s.clone()
+        t[torch.randperm(size, generator=gen)[: size // 2]] = float("-inf")  # half excluded
+        cases.append(t)
+    cases.append(torch.full((3000,), float("-inf")))  # nothing left: n -inf entries, lowest indices
+    cases.append(torch.zeros(3000))  # all tied: the n lowest indices
+    for s in cases:
+        for n in (1, 5, 50, 400):
+            want_v, want_i = stable_topk(s.unsqueeze(0), n)
+            got_v, got_i = block_topn(s, n)
+            assert got_i.tolist() == want_i[0].tolist(), (len(s), n)
+            assert got_v.tolist() == want_v[0].tolist()
+    got_v, got_i = block_topn(torch.tensor([1.0, 3.0, 3.0, 2.0]), 2)  # worked by hand: ties by lower index
+    assert got_i.tolist() == [1, 2] and got_v.tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_single_user_scores_equal_the_rows_of_a_batched_product(rows):
+    """Recommender._scores (packed MKL product, block padded to >= 4 rows) gives bit for bit the rows that
+    evaluate's batched torch.matmul gives, for any K (a plain one-row product does not: MKL's
+    matrix-vector kernel rounds differently)."""
+    import torch
+
+    from components.serving import Recommender, pack_item_table
+
+    gen = torch.Generator().manual_seed(rows)
+    for dim in (16, 64):
+        emb = torch.randn(3001, dim, generator=gen) * 0.1
+        rec = Recommender(tower=None, item_emb=emb, item_ids=np.array([""] * 3001, dtype=object),
+                          item_category=np.zeros(3001, np.int64), train_count=np.ones(3001, np.int64),
+                          profile_fields=[], profile_values={}, max_len=4, exclude_history=True)
+        users = torch.randn(40, rows, dim, generator=gen)
+        batch = torch.matmul(users, emb.T)  # components.retrieval.merged_scores' product for 40 users
+        for u in range(0, 40, 7):
+            assert torch.equal(rec._scores(users[u])[:rows], batch[u])
+        assert max(rows, 4) in rec._packed
+    if torch.backends.mkl.is_available():
+        assert rec._packed[max(rows, 4)] is not None  # the packed path is the one exercised above
+    assert pack_item_table(emb.double(), 4) is None  # only float32 tables are packed
+
+
+def test_single_request_path_equals_batch_retrieval_on_a_larger_catalogue(bundle):
+    """The fast path (_exact_one: packed scores + block top-n) against components.retrieval.topn on a
+    catalogue big enough for the block threshold to prune, with masked interests and exclusions."""
+    import torch
+
+    from components.retrieval import pad_exclusions, topn
+
+    rec = Recommender.load(bundle["bundle"])
+    gen = torch.Generator().manual_seed(3)
+    emb = torch.randn(20_001, rec.item_emb.shape[1], generator=gen)
+    emb[0] = 0
+    big = Recommender(tower=rec.tower, item_emb=emb, item_ids=np.array([""] + [f"x{i}" for i in range(1, 20_001)],
+                                                                          dtype=object),
+                      item_category=np.zeros(20_001, np.int64), train_count=np.ones(20_001, np.int64),
+                      profile_fields=[], profile_values={}, max_len=8, exclude_history=True)
+    for k in range(30):
+        v = torch.randn(3, emb.shape[1], generator=gen)
+        m = torch.tensor([True, k % 3 != 0, k % 2 == 0])
+        hist = torch.randint(1, 20_001, (k,), generator=gen).tolist()
+        s, i = big._exact_one(v, m, hist, 50)
+        ref_s, ref_i = topn(v.unsqueeze(0), m.unsqueeze(0), emb, 50, pad_exclusions([hist]))
+        assert i == ref_i[0].tolist() and s == ref_s[0].tolist()
+        assert not set(i) & set(hist)
