@@ -464,12 +464,12 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         for v, t in tuning.items():
             cells = []
             for g in grid:
-                x = t["valid_recall@50"].get(g)
-                cell = "–" if x is None else (f"**{x:.4f}**" if g == t["setting"] else f"{x:.4f}")
+                x = (t.get("valid_recall@50") or {}).get(g)
+                cell = "–" if x is None else (f"**{x:.4f}**" if g == t.get("setting") else f"{x:.4f}")
                 if x is not None and tune_run(v, g):
                     cell += f" ({epochs_cell(tune_run(v, g))} ep.)"
                 cells.append(cell)
-            trow.append([lab(v)] + cells + [t["setting"]])
+            trow.append([lab(v)] + cells + [t.get("setting", "–")])
         out.append(table(["model"] + list(grid) + ["chosen"], trow))
         out.append("\nBold: the chosen point (best valid Recall@50; ties keep the first). \"–\": grid point not run "
                    "(yet). MostPopular has nothing to tune.")
@@ -556,6 +556,9 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     # MIND's dynamic K at serving time, from speed.json
     dyn = ((speed or {}).get("dynamic_k") or {}).get("rows") or []
     dyn_rows: list[tuple[dict, dict]] = []
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0  # noqa: E731
+    dyn = [r for r in dyn if isinstance(r, dict) and num(r.get("mean_active_interests"))
+           and num(r.get("num_interests")) and num(r.get("max_len"))]
     for r in dyn:
         if r.get("dynamic"):
             f = next((x for x in dyn if not x.get("dynamic") and x.get("max_len") == r.get("max_len")
