@@ -77,7 +77,43 @@ def test_config_and_params_section():
     with pytest.raises(ParamsError, match="factory"):
         _cfg(factory=" ")
     cfg = section(load_params(ROOT / "params.yaml"), "index", BI.IndexConfig)
-    assert cfg.factory == "Flat"
+    assert cfg.factory == "auto" and BI.resolve_factory(cfg.factory, 1349, cfg.flat_below) == "Flat"
+
+
+def test_auto_factory_scales_lists_with_the_catalogue():
+    # nlist = 4 sqrt(N) rounded to a power of two: 4 sqrt(1e6) = 4000 -> 4096; 4 sqrt(2e5) = 1789 -> 2048
+    assert BI.resolve_factory("auto", 1_000_000, 200_000) == "IVF4096,SQfp16"
+    assert BI.resolve_factory("auto", 200_000, 200_000) == "IVF2048,SQfp16"
+    assert BI.resolve_factory("auto", 199_999, 200_000) == "Flat"
+    assert BI.resolve_factory("HNSW32", 150, 100) == "HNSW32"
+    # never fewer than 39 training points per list: 4 sqrt(5000) = 283 -> 256 lists need 9,984 > 5,000 points
+    assert BI.resolve_factory("auto", 5000, 0) == "IVF128,SQfp16"
+    assert BI.resolve_factory("auto", 50, 0) == "Flat"
+
+
+def test_auto_ivf_sqfp16_recall_and_faiss_settings():
+    """The auto index on a clustered catalogue: all lists probed it is exact up to fp16 rounding of the
+    vectors; the default nprobe is approximate but close. k-means trains on <= 64 points per list, and the
+    BLAS threshold is set back to 20."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 16)).astype(np.float32)
+    emb = centres[rng.integers(0, 40, 6001)] + 0.5 * rng.standard_normal((6001, 16)).astype(np.float32)
+    emb[0] = 0
+    q = torch.as_tensor(centres[rng.integers(0, 40, (60, 2))] + 0.3 * rng.standard_normal((60, 2, 16)).astype(
+        np.float32))
+    m = torch.ones(60, 2, dtype=torch.bool)
+    faiss.cvar.distance_compute_blas_threshold = 128000
+    index, rows, used = BI.build_faiss_index(emb, "auto", nprobe=128, flat_below=0)
+    assert used == "IVF128,SQfp16"  # 4 sqrt(6000) = 310 -> 256, but 256 * 39 = 9,984 > 6,000 -> 128
+    assert faiss.cvar.distance_compute_blas_threshold == BI.BLAS_THRESHOLD
+    assert faiss.extract_index_ivf(index).cp.max_points_per_centroid == BI.KMEANS_POINTS_PER_LIST
+    r = BI.ann_recall(index, rows, emb, q, m, 20)
+    assert r["interest_recall"] >= 0.99 and r["merged_recall"] >= 0.99  # fp16 codes: only near-ties may swap
+    BI.set_search_params(index, nprobe=8, ef_search=16)
+    r8 = BI.ann_recall(index, rows, emb, q, m, 20)["interest_recall"]
+    assert 0.5 < r8 < r["interest_recall"] + 1e-9
 
 
 def test_cli(tmp_path, capsys):
