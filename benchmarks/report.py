@@ -636,7 +636,7 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         ks_run = ", ".join(value_label(p["value"]) for p in sorted(pts, key=lambda p: _value_key(p["value"])))
         rows.append(["ComiRec Table 4", f"{lab(v)}: Recall@50 depends on K (K ∈ {{{ks_run}}})",
                      pfig, "holds" if s > h else "within noise",
-                     f"spread {s:.4f} (K = {value_label(kv[id(lo)])}: {lo['mean']:.4f} → K = "
+                     f"spread {s:.4f} ({s / hi['mean']:.0%}; K = {value_label(kv[id(lo)])}: {lo['mean']:.4f} → K = "
                      f"{value_label(kv[id(hi)])}: {hi['mean']:.4f}), h = {h:.4f}; best K on valid = "
                      f"{value_label(best_valid)}"])
     if not k_sw:
