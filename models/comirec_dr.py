@@ -49,27 +49,56 @@ def recency_order(history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     return history.gather(1, src) * mask, mask
 
 
+class _CoupledSum(torch.autograd.Function):
+    """``s[n] = sum_l c[n, l] x[l, n]`` for coupling coefficients c (N, L) that carry no gradient and
+    prediction vectors x (L, N, D) laid out position-major (the layout the per-position maps produce).
+
+    The forward is one batched matmul over strided views (no copy). The backward writes ``dL/dx[l, n] =
+    c[n, l] dL/ds[n]`` straight into x's own layout: autograd's batched-matmul backward would build it as
+    (N, L, D) and then copy it back to (L, N, D) (a whole-activation permute copy per step)."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(c)
+        return torch.bmm(c.unsqueeze(1), x.transpose(0, 1)).squeeze(1)  # (N, 1, L) @ (N, L, D) -> (N, D)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (c,) = ctx.saved_tensors
+        return None, c.t().unsqueeze(-1) * grad.unsqueeze(0)  # (L, N, D)
+
+
 def capsnet_routing(predictions: torch.Tensor, mask: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CapsNet dynamic routing (ComiRec Algorithm 1).
 
     Args:
-        predictions: (B, K, L, D) prediction vectors ``e_hat_{j|i} = W_ij e_i`` (eq. 1).
+        predictions: (B, K, L, D) prediction vectors ``e_hat_{j|i} = W_ij e_i`` (eq. 1), any memory layout;
+            fastest as a permuted view of a (L, B, K, D)-contiguous tensor (what :class:`ComiRecDR` passes):
+            then no copy of it is ever made.
         mask: (B, L) bool, False at padding.
         iters: r >= 1.
     Returns:
         interest capsules (B, K, D) and the final coupling coefficients c (B, K, L).
     """
-    fixed = predictions.detach()  # stop-gradient inside the iterations (module docstring)
+    B, K, L, D = predictions.shape
+    x = predictions.permute(2, 0, 1, 3).reshape(L, B * K, D)  # (L, N, D), N = B * K; a view in the fast case
+    fixed = x.detach()  # stop-gradient inside the iterations (module docstring)
+    fixed_t = fixed.transpose(0, 1)  # (N, L, D) strided view
     real = mask.unsqueeze(1).to(predictions.dtype)  # (B, 1, L)
-    logits = torch.zeros_like(real).expand(-1, predictions.shape[1], -1)  # line 1: b_ij = 0, (B, K, L)
+    logits = torch.zeros_like(real).expand(-1, K, -1)  # line 1: b_ij = 0, (B, K, L)
     capsules, coupling = predictions, logits  # overwritten in the first iteration
     for it in range(iters):
         last = it == iters - 1
         coupling = torch.softmax(logits, dim=1) * real  # line 3, eq. (3): over interests; padding -> 0
-        s = (coupling.unsqueeze(2) @ (predictions if last else fixed)).squeeze(2)  # line 4, eq. (2): (B, K, D)
-        capsules = squash(s)  # line 5, eq. (4)
+        c = coupling.reshape(B * K, L)
+        if last and x.requires_grad and torch.is_grad_enabled():
+            s = _CoupledSum.apply(c, x)  # line 4, eq. (2): s_j = sum_i c_ij e_hat_{j|i}, (N, D)
+        else:
+            s = torch.bmm(c.unsqueeze(1), fixed_t).squeeze(1)  # eq. (2); x needs no gradient here
+        capsules = squash(s.view(B, K, D))  # line 5, eq. (4)
         if not last:
-            logits = logits + (fixed @ capsules.unsqueeze(-1)).squeeze(-1)  # line 6: b_ij += v_j^T W_ij e_i
+            b = torch.bmm(fixed_t, capsules.view(B * K, D, 1)).view(B, K, L)  # v_j^T W_ij e_i
+            logits = logits + b  # line 6: b_ij += v_j^T W_ij e_i
     return capsules, coupling
 
 
@@ -130,7 +159,8 @@ class ComiRecDR(nn.Module):
         L, K, D = maps.shape[0], maps.shape[1], maps.shape[2]
         # eq. (1): e_hat_{j|i} = W_ij e_i as one batched matmul over positions: (L, B, D) @ (L, D, K*D)
         predictions = e.transpose(0, 1) @ maps.reshape(L, K * D, D).transpose(1, 2)  # (L, B, K * D)
-        predictions = predictions.unflatten(-1, (K, D)).permute(1, 2, 0, 3).contiguous()  # (B, K, L, D)
+        # (B, K, L, D) as a view: the routing works in this position-major layout without copying it
+        predictions = predictions.unflatten(-1, (K, D)).permute(1, 2, 0, 3)
         return capsnet_routing(predictions, rmask, self.routing_iters)
 
     def coupling_coefficients(self, history: torch.Tensor, mask: torch.Tensor,

@@ -43,8 +43,12 @@ def dual_attention_routing(transformed: torch.Tensor, attention: torch.Tensor, m
                            init_logits: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dual-attention routing (Algorithm 1).
 
+    Computed interest-major, as K * B independent (L, D) routings: no copy of ``transformed`` is made when
+    it is a (B, K, L, D) view of a (K, B, L, D)-contiguous tensor (what :class:`UMI` passes), and its
+    gradient comes back in that layout.
+
     Args:
-        transformed: (B, K, L, D) ``W_j e_i`` for every interest j and position i.
+        transformed: (B, K, L, D) ``W_j e_i`` for every interest j and position i (any memory layout).
         attention: (B, L) user attention a_i from UGANet (eq. 2).
         mask: (B, L) bool, False at padding.
         init_logits: (B, K, L) initial routing logits b_ij.
@@ -52,20 +56,22 @@ def dual_attention_routing(transformed: torch.Tensor, attention: torch.Tensor, m
     Returns:
         interest capsules V (B, K, D) and the final coupling c (B, K, L).
     """
-    real = mask.unsqueeze(1).to(transformed.dtype)  # (B, 1, L)
-    a = attention.unsqueeze(1) * real  # (B, 1, L): padding gets no user attention
-    fixed, a_fixed = transformed.detach(), a.detach()  # stop-gradient inside the iterations
-    logits = init_logits
-    capsules, coupling = transformed, init_logits  # overwritten in the first iteration
+    B, K, L, D = transformed.shape
+    x = transformed.transpose(0, 1).reshape(K * B, L, D)  # (N, L, D), N = K * B; a view in the fast case
+    real = mask.unsqueeze(0).to(transformed.dtype)  # (1, B, L)
+    a = attention.unsqueeze(0) * real  # (1, B, L): padding gets no user attention
+    fixed, a_fixed = x.detach(), a.detach()  # stop-gradient inside the iterations
+    logits = init_logits.transpose(0, 1)  # (K, B, L)
+    capsules, coupling = transformed, logits  # overwritten in the first iteration
     for it in range(iters):
         last = it == iters - 1
-        coupling = torch.softmax(logits, dim=1) * real  # line 6, eq. (4): over interests
-        weights = coupling * (a if last else a_fixed)  # a_i c_ij, (B, K, L)
-        z = (weights.unsqueeze(2) @ (transformed if last else fixed)).squeeze(2)  # eq. (3): (B,K,1,L)@(B,K,L,D)
-        capsules = squash(z)  # line 7, eq. (6)
+        coupling = torch.softmax(logits, dim=0) * real  # line 6, eq. (4): over interests, (K, B, L)
+        weights = coupling * (a if last else a_fixed)  # a_i c_ij, (K, B, L)
+        z = torch.bmm(weights.reshape(K * B, 1, L), x if last else fixed)  # eq. (3): (N, 1, L) @ (N, L, D)
+        capsules = squash(z.view(K, B, D))  # line 7, eq. (6)
         if not last:
-            logits = (fixed @ capsules.unsqueeze(-1)).squeeze(-1)  # line 8, eq. (5): b_ij = (W_j e_i)^T v_j, (B, K, L)
-    return capsules, coupling
+            logits = torch.bmm(fixed, capsules.view(K * B, D, 1)).view(K, B, L)  # line 8, eq. (5): (W_j e_i)^T v_j
+    return capsules.transpose(0, 1), coupling.transpose(0, 1)  # (B, K, D), (B, K, L)
 
 
 class UMI(nn.Module):
@@ -160,9 +166,10 @@ class UMI(nn.Module):
         e = self.items(history)  # (B, L, D)
         e_u = self.profile(profile)  # (B, C * P)
         a = self.user_attention(e, e_u) if attention is None else attention
-        K, D = self.maps.shape[0], self.maps.shape[1]
-        transformed = (e @ self.maps.reshape(K * D, D).T).unflatten(-1, (K, D))  # W_j e_i, (B, L, K, D)
-        transformed = transformed.permute(0, 2, 1, 3).contiguous()  # (B, K, L, D)
+        (B, L, D), K = e.shape, self.maps.shape[0]
+        # W_j e_i for every interest at once, interest-major (K, B * L, D): the routing's layout, no copies
+        transformed = torch.bmm(e.reshape(1, B * L, D).expand(K, -1, -1), self.maps.transpose(1, 2))
+        transformed = transformed.view(K, B, L, D).transpose(0, 1)  # (B, K, L, D) view
         caps, c = dual_attention_routing(transformed, a, mask, self.initial_logits(history), self.routing_iters)
         return caps, c, a * mask.to(a.dtype)
 

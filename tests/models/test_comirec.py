@@ -127,3 +127,46 @@ def test_dr_maps_start_near_identity_but_differ_per_interest():
     history, mask, prof = make_batch(lengths=[8], seed=6)
     caps = model.eval().user_interests(history, mask, prof)[0][0]
     assert not torch.allclose(caps[0], caps[1], atol=1e-3)
+
+
+def _dr_interests_plainly(model, history, mask):
+    """ComiRec-DR's user tower written the straightforward way: (B, K, L, D)-contiguous predictions and
+    4-D matmuls in the routing (the layout-free reference for the position-major fast path)."""
+    recent, rmask = recency_order(history, mask)
+    e = model.items(recent)
+    L = history.shape[1]
+    pred = torch.einsum("lkod,bld->bklo", model.maps[:L], e).contiguous()  # eq. (1), (B, K, L, D)
+    fixed = pred.detach()
+    real = rmask.unsqueeze(1).float()
+    logits = torch.zeros(pred.shape[:3])
+    for it in range(model.routing_iters):
+        last = it == model.routing_iters - 1
+        c = torch.softmax(logits, dim=1) * real
+        caps = squash((c.unsqueeze(2) @ (pred if last else fixed)).squeeze(2))
+        if not last:
+            logits = logits + (fixed @ caps.unsqueeze(-1)).squeeze(-1)
+    return caps, c
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_dr_position_major_routing_equals_plain_routing(iters):
+    """The fast path (predictions kept position-major, a custom backward for the last weighted sum) gives
+    the interests, coupling coefficients and parameter gradients of the plain formulation."""
+    model = _dr(routing_iters=iters, dim=8).train()
+    history, mask, prof = make_batch(batch=6, seed=4)
+    target = torch.randn(6, 3, 8, generator=torch.Generator().manual_seed(5))
+    out = []
+    for fast in (True, False):
+        model.zero_grad()
+        if fast:
+            caps, c = model.capsules(history, mask)
+        else:
+            caps, c = _dr_interests_plainly(model, history, mask)
+        (caps * target).sum().backward()
+        out.append((caps.detach(), c.detach(), model.maps.grad.clone(), model.items.item.weight.grad.clone()))
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert out[0][2].abs().sum() > 0 and out[0][3].abs().sum() > 0
+    # no grad (eval, serving): the plain batched matmul path, same values
+    with torch.no_grad():
+        assert torch.allclose(model.capsules(history, mask)[0], out[1][0], atol=1e-6)

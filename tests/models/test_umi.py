@@ -129,3 +129,49 @@ def test_constructor_rejects_bad_values():
     for key, value in [("num_interests", 0), ("routing_iters", 0), ("routing_sigma", -0.5), ("attention_hidden", 0)]:
         with pytest.raises(ValueError, match=key):
             _umi(**{key: value})
+
+
+def _umi_capsules_plainly(model, history, mask, profile, init_logits):
+    """UMI's capsules written the straightforward way: one (B*L, D) @ (D, K*D) map, a (B, K, L, D)-contiguous
+    copy, and 4-D matmuls in the routing (the reference for the interest-major fast path)."""
+    e = model.items(history)
+    a = model.user_attention(e, model.profile(profile))
+    K, D = model.maps.shape[0], model.maps.shape[1]
+    t = (e @ model.maps.reshape(K * D, D).T).unflatten(-1, (K, D)).permute(0, 2, 1, 3).contiguous()
+    real = mask.unsqueeze(1).float()
+    a = a.unsqueeze(1) * real
+    fixed, a_fixed = t.detach(), a.detach()
+    logits = init_logits
+    for it in range(model.routing_iters):
+        last = it == model.routing_iters - 1
+        c = torch.softmax(logits, dim=1) * real
+        w = c * (a if last else a_fixed)
+        caps = squash((w.unsqueeze(2) @ (t if last else fixed)).squeeze(2))
+        if not last:
+            logits = (fixed @ caps.unsqueeze(-1)).squeeze(-1)
+    return caps, c
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_interest_major_routing_equals_plain_routing(iters):
+    """The fast path (W_j e_i computed interest-major, routed without permute copies) gives the capsules,
+    coupling coefficients and parameter gradients of the plain formulation, in training mode (random init
+    logits: the same draws, since the fast path consumes the generator identically)."""
+    model = _umi(routing_iters=iters).train()
+    history, mask, prof = make_batch(batch=6, seed=4)
+    D = model.maps.shape[1]
+    target = torch.randn(6, model.maps.shape[0], D, generator=torch.Generator().manual_seed(5))
+    out = []
+    for fast in (True, False):
+        model.zero_grad()
+        torch.manual_seed(11)
+        if fast:
+            caps, c, _ = model.capsules(history, mask, prof)
+        else:
+            caps, c = _umi_capsules_plainly(model, history, mask, prof, model.initial_logits(history))
+        (caps * target).sum().backward()
+        out.append((caps.detach(), c.detach(), model.maps.grad.clone(), model.items.item.weight.grad.clone(),
+                    model.uganet[0].weight.grad.clone()))
+    for x, y in zip(*out):
+        assert torch.allclose(x, y, atol=1e-6, rtol=1e-5)
+    assert all(g.abs().sum() > 0 for g in out[0][2:])
