@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,7 +34,26 @@ class ItemTower(nn.Module):
                 with torch.no_grad():
                     emb.weight[0].zero_()
 
+    def table(self) -> torch.Tensor:
+        """(num_items, D) the embedding of every item (row 0 = padding), differentiable."""
+        if self.category is None:
+            return self.item.weight
+        cat = F.embedding(self.item_category, self.category.weight, padding_idx=0)  # (N, D)
+        return (self.item.weight + cat) / 2  # MIND §3.2: average pooling of id features
+
+    def uses_table(self, ids: torch.Tensor) -> bool:
+        """Whether looking ``ids`` up in :meth:`table` is cheaper than averaging per id: with category
+        features and at least as many ids as items (a batch of histories on a small catalogue). Never while
+        tracing (export): a branch on the batch size would be frozen into the trace."""
+        if self.category is None or torch.jit.is_tracing():
+            return False
+        return ids.numel() >= self.item.num_embeddings
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids (...,) -> (..., D)
+        if self.uses_table(ids):
+            # the same values, the average computed once per item instead of once per id; padding_idx keeps
+            # row 0's gradient at zero as the per-id path's two padding_idx embeddings do
+            return F.embedding(ids, self.table(), padding_idx=0)
         e = self.item(ids)
         if self.category is not None:
             e = (e + self.category(self.item_category[ids])) / 2  # MIND §3.2: average pooling of id features
@@ -118,9 +138,14 @@ class YouTubeDNN(nn.Module):
     def user_interests(self, history: torch.Tensor, mask: torch.Tensor,
                        profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L), (B, C) -> interests (B, 1, D), interest_mask (B, 1) all True."""
-        e = self.items(history)  # (B, L, D)
-        m = mask.unsqueeze(-1).to(e.dtype)  # (B, L, 1)
-        pooled = (e * m).sum(1) / m.sum(1).clamp(min=1.0)  # masked mean, (B, D)
+        w = mask.to(self.items.item.weight.dtype)  # (B, L)
+        if self.items.uses_table(history) or self.items.category is None:
+            # masked mean as one embedding_bag: sum of mask-weighted rows, no (B, L, D) tensor forward or back
+            summed = F.embedding_bag(history, self.items.table(), per_sample_weights=w, mode="sum",
+                                     padding_idx=0)  # (B, D)
+        else:
+            summed = (self.items(history) * w.unsqueeze(-1)).sum(1)  # (B, D)
+        pooled = summed / w.sum(1, keepdim=True).clamp(min=1.0)  # masked mean, (B, D)
         x = torch.cat([pooled, self.profile(profile)], dim=-1)  # (B, D + C * P)
         user = self.mlp(x).unsqueeze(1)  # (B, 1, D)
         return user, torch.ones_like(mask[:, :1])

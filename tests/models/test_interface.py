@@ -205,3 +205,62 @@ def test_coupling_coefficients_follow_history_positions(arch):
     if arch == "comirec_dr":  # mapped back from newest-first order
         c = model.capsules(history, mask)[1]
         assert torch.allclose(w[0, :, :3], c[0, :, :3].flip(-1))
+
+
+@pytest.mark.parametrize("use_category", [True, False])
+def test_item_tower_table_path_equals_per_id_average(use_category):
+    """Looking many ids up in the per-item table (the average computed once per item) gives the values and
+    gradients of averaging per id (MIND §3.2), and padding row 0 still gets no gradient."""
+    from models.youtube_dnn import ItemTower
+
+    tower = ItemTower(NUM_ITEMS, 5, 6, use_category)
+    tower.item_category.copy_(item_categories())
+    history, _, _ = make_batch(batch=9, seed=2)  # 9 * MAX_LEN ids >= NUM_ITEMS: the table path
+    assert tower.uses_table(history) is use_category
+    g = torch.randn(*history.shape, 6, generator=torch.Generator().manual_seed(1))
+    out = []
+    for fast in (True, False):
+        tower.zero_grad()
+        if fast:
+            e = tower(history)
+        else:
+            e = tower.item(history)
+            if use_category:
+                e = (e + tower.category(tower.item_category[history])) / 2
+        (e * g).sum().backward()
+        grads = [tower.item.weight.grad.clone()] + ([tower.category.weight.grad.clone()] if use_category else [])
+        out.append((e.detach(), *grads))
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+    assert (out[0][1][0] == 0).all() and out[0][1].abs().sum() > 0
+    if use_category:
+        assert (out[0][2][0] == 0).all() and out[0][2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("use_category", [True, False])
+@pytest.mark.parametrize("batch", [2, 9])  # 2 * MAX_LEN < NUM_ITEMS: per-id path; 9: table + embedding_bag
+def test_youtube_dnn_embedding_bag_equals_masked_mean(use_category, batch):
+    """YouTube DNN's pooling (embedding_bag with mask weights) equals the plain masked mean of the item
+    embeddings, values and gradients of every parameter."""
+    model = models.build_model("youtube_dnn", **data_hparams(), **{**ALL["youtube_dnn"], "use_category": use_category})
+    models.set_item_category(model, item_categories())
+    model.train()
+    history, mask, prof = make_batch(batch=batch, seed=3)
+    mask[0, 0] = False  # a masked real item must not count either (mask, not history != 0, decides)
+    target = torch.randn(batch, 1, 8, generator=torch.Generator().manual_seed(2))
+    out = []
+    for fast in (True, False):
+        model.zero_grad()
+        if fast:
+            user, _ = model.user_interests(history, mask, prof)
+        else:
+            e = model.items.item(history)
+            if use_category:
+                e = (e + model.items.category(model.items.item_category[history])) / 2
+            m = mask.unsqueeze(-1).float()
+            pooled = (e * m).sum(1) / m.sum(1).clamp(min=1.0)
+            user = model.mlp(torch.cat([pooled, model.profile(prof)], dim=-1)).unsqueeze(1)
+        (user * target).sum().backward()
+        out.append([user.detach()] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
