@@ -22,7 +22,7 @@ split CLIs into ``benchmarks/out/train_speed/`` (ignored by git).
 
     .venv/bin/python benchmarks/train_speed.py                          # all models, params.yaml as is
     .venv/bin/python benchmarks/train_speed.py --models youtube_dnn,mind --threads 1
-    .venv/bin/python benchmarks/train_speed.py --max-epochs 2 --no-eval  # throughput only, quick
+    .venv/bin/python benchmarks/train_speed.py --max-epochs 2 --no-eval --out /tmp/ts.json  # quick throughput
     .venv/bin/python benchmarks/train_speed.py --profile-only            # where a step's time goes
 
 Writes ``benchmarks/results/train_speed.json`` and prints a table.
@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="train.num_threads (default: params)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override train.max_epochs")
     parser.add_argument("--no-eval", action="store_true", help="skip the test metrics")
+    parser.add_argument("--out", type=Path, default=RESULT,
+                        help="results file (default benchmarks/results/train_speed.json); give another path for "
+                             "quick runs that must not replace the published figures")
     parser.add_argument("--profile-only", action="store_true",
                         help="only the per-phase CPU profile of a training step (no training runs)")
     args = parser.parse_args()
@@ -100,11 +103,11 @@ def main() -> None:
     if args.profile_only:  # printed, and merged into an existing results file
         prof = profile_phases(split, params, names)
         print_profile(prof)
-        if RESULT.exists():
-            result = json.loads(RESULT.read_text())
+        if args.out.exists():
+            result = json.loads(args.out.read_text())
             result.setdefault("profile_cpu_ms_per_step", {}).update(prof)
             result["profile_load_average"] = os.getloadavg()
-            RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+            args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return
     rows = {}
     load_before = os.getloadavg()
@@ -143,12 +146,12 @@ def main() -> None:
         "models": rows,
     }
     result["profile_cpu_ms_per_step"] = prof = profile_phases(split, params, names)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print_table(rows)
     print_profile(prof)
     print(f"load average before/after: {load_before} / {result['machine']['load_average_after']}")
-    print(f"-> {RESULT}")
+    print(f"-> {args.out}")
 
 
 def profile_phases(split: Path, params: dict, names: list[str], steps: int = 60) -> dict:

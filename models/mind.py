@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.youtube_dnn import ItemTower, ProfileEmbedding, check_common
@@ -168,8 +169,11 @@ class MIND(nn.Module):
 
     def capsules(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interest capsules before the H-layer: (capsules (B, K, D), coupling w (B, K, L), interest_mask (B, K))."""
-        e = self.items(history)  # E_u, (B, L, D)
-        behaviours = self.bilinear(e)  # S e_i, (B, L, D)
+        if self.items.uses_table(history):
+            # S e_i computed once per catalogue item and gathered (the same rows as mapping every behaviour)
+            behaviours = F.embedding(history, self.bilinear(self.items.table()), padding_idx=0)  # (B, L, D)
+        else:
+            behaviours = self.bilinear(self.items(history))  # S e_i, (B, L, D)
         imask = self.interest_mask(mask)
         caps, w = b2i_routing(behaviours, mask, imask, self.initial_logits(history), self.routing_iters)
         return caps, w, imask

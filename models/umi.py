@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.youtube_dnn import ItemTower, ProfileEmbedding, check_common
@@ -163,12 +164,20 @@ class UMI(nn.Module):
         """DAR: (capsules V (B, K, D), coupling c (B, K, L), user attention a (B, L)).
 
         ``attention`` overrides UGANet's a_i (for analysis and tests)."""
-        e = self.items(history)  # (B, L, D)
         e_u = self.profile(profile)  # (B, C * P)
+        (B, L), K, D = history.shape, self.maps.shape[0], self.maps.shape[1]
+        if self.items.uses_table(history):
+            # W_j e_i computed once per catalogue item (K, N, D) and gathered: the same rows as mapping every
+            # behaviour, interest-major (the routing's layout, no copies)
+            table = self.items.table()  # (N, D)
+            e = F.embedding(history, table, padding_idx=0)  # (B, L, D)
+            per_item = torch.bmm(table.unsqueeze(0).expand(K, -1, -1), self.maps.transpose(1, 2))  # (K, N, D)
+            transformed = per_item[:, history.reshape(-1)]  # (K, B * L, D)
+        else:
+            e = self.items(history)  # (B, L, D)
+            # W_j e_i for every interest at once, interest-major (K, B * L, D): the routing's layout, no copies
+            transformed = torch.bmm(e.reshape(1, B * L, D).expand(K, -1, -1), self.maps.transpose(1, 2))
         a = self.user_attention(e, e_u) if attention is None else attention
-        (B, L, D), K = e.shape, self.maps.shape[0]
-        # W_j e_i for every interest at once, interest-major (K, B * L, D): the routing's layout, no copies
-        transformed = torch.bmm(e.reshape(1, B * L, D).expand(K, -1, -1), self.maps.transpose(1, 2))
         transformed = transformed.view(K, B, L, D).transpose(0, 1)  # (B, K, L, D) view
         caps, c = dual_attention_routing(transformed, a, mask, self.initial_logits(history), self.routing_iters)
         return caps, c, a * mask.to(a.dtype)

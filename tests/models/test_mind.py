@@ -159,3 +159,30 @@ def test_constructor_rejects_bad_values():
     for key, value in [("num_interests", 0), ("routing_iters", 0), ("routing_sigma", -1.0)]:
         with pytest.raises(ValueError, match=key):
             _mind(**{key: value})
+
+
+@pytest.mark.parametrize("batch", [2, 9])  # 2 * MAX_LEN ids < NUM_ITEMS: per-id path; 9: the per-item table
+def test_bilinear_on_the_item_table_equals_bilinear_per_behaviour(batch):
+    """S e_i computed once per catalogue item and gathered gives the interests and parameter gradients of
+    mapping every behaviour (training mode, the same routing-init draws)."""
+    model = _mind().train()
+    history, mask, prof = make_batch(batch=batch, seed=6)
+    target = torch.randn(batch, 4, 8, generator=torch.Generator().manual_seed(3))
+    out = []
+    for fast in (True, False):
+        model.zero_grad()
+        torch.manual_seed(9)
+        if fast:
+            caps, w, _ = model.capsules(history, mask)
+        else:
+            e = (model.items.item(history) + model.items.category(model.items.item_category[history])) / 2
+            behaviours = model.bilinear(e)
+            caps, w = b2i_routing(behaviours, mask, model.interest_mask(mask), model.initial_logits(history),
+                                  model.routing_iters)
+        (caps * target).sum().backward()
+        out.append([caps.detach(), w.detach()] + [p.grad.clone() for p in
+                                                  (model.bilinear.weight, model.items.item.weight,
+                                                   model.items.category.weight)])
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert all(g.abs().sum() > 0 for g in out[0][2:])

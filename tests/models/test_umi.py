@@ -152,15 +152,17 @@ def _umi_capsules_plainly(model, history, mask, profile, init_logits):
     return caps, c
 
 
+@pytest.mark.parametrize("batch", [2, 6])  # 2 * MAX_LEN ids < NUM_ITEMS: per-id path; 6: the per-item table
 @pytest.mark.parametrize("iters", [1, 3])
-def test_interest_major_routing_equals_plain_routing(iters):
-    """The fast path (W_j e_i computed interest-major, routed without permute copies) gives the capsules,
+def test_interest_major_routing_equals_plain_routing(iters, batch):
+    """The fast path (W_j e_i computed interest-major, per catalogue item when that is cheaper, routed
+    without permute copies) gives the capsules,
     coupling coefficients and parameter gradients of the plain formulation, in training mode (random init
     logits: the same draws, since the fast path consumes the generator identically)."""
     model = _umi(routing_iters=iters).train()
-    history, mask, prof = make_batch(batch=6, seed=4)
+    history, mask, prof = make_batch(batch=batch, seed=4)
     D = model.maps.shape[1]
-    target = torch.randn(6, model.maps.shape[0], D, generator=torch.Generator().manual_seed(5))
+    target = torch.randn(batch, model.maps.shape[0], D, generator=torch.Generator().manual_seed(5))
     out = []
     for fast in (True, False):
         model.zero_grad()
@@ -175,3 +177,4 @@ def test_interest_major_routing_equals_plain_routing(iters):
     for x, y in zip(*out):
         assert torch.allclose(x, y, atol=1e-6, rtol=1e-5)
     assert all(g.abs().sum() > 0 for g in out[0][2:])
+    assert (out[0][3][0] == 0).all()  # padding row 0 of the item table gets no gradient
