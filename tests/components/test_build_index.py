@@ -129,3 +129,20 @@ def test_cli(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "components.build_index", "--help"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0 and "--models-dir" in r.stdout
+
+
+def test_auto_falls_back_to_flat_when_ivf_recall_is_low(tmp_path):
+    """A random-init model's item embeddings are near-isotropic: one probed list of 4 misses much of the
+    exact top-N, so auto rebuilds Flat (exact: recall 1) and records why; all 4 lists probed it keeps IVF."""
+    split = make_split(tmp_path / "split", num_items=201, num_users=60)
+    mdir = save_random_model(split, tmp_path / "m")
+    low = BI.run(_cfg(factory="auto", flat_below=0, nprobe=1), mdir, split, tmp_path / "low")
+    # 200 items: 4 sqrt(200) = 57 -> 64 lists, halved while lists * 39 > 200 -> 4 lists
+    assert low["auto_fallback"]["factory"] == "IVF4,SQfp16"
+    assert low["auto_fallback"]["interest_recall@10"] < 0.95
+    assert low["factory"] == "Flat" and low["interest_recall@10"] == pytest.approx(1.0)
+    keep = BI.run(_cfg(factory="auto", flat_below=0, nprobe=4), mdir, split, tmp_path / "keep")
+    assert keep["factory"] == "IVF4,SQfp16" and keep["auto_fallback"] is None
+    assert keep["interest_recall@10"] >= 0.95
+    with pytest.raises(ParamsError, match="auto_min_recall"):
+        _cfg(auto_min_recall=1.5)
