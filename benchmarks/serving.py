@@ -5,8 +5,9 @@ worst case), D = 64, over a synthetic catalogue of 100k items, exported through 
 ``build_bundle`` (TorchScript tower + item embeddings) and loaded with ``Recommender.load`` — the exact
 path production uses. One core: ``torch.set_num_threads(1)`` and ``faiss.omp_set_num_threads(1)``.
 
-Paths: exact (the default, identical to evaluate), exact with λ = 0.25 (controllable aggregation),
-and the approximate HNSW index path (`use_index=True`).
+Paths: exact (the default, identical to evaluate), the same through the previous exact path
+(``retrieval.topn`` for one user: the before/after figure on the same requests and load), exact with
+λ = 0.25 (controllable aggregation), and the approximate HNSW index path (`use_index=True`).
 
 The exact single-user path (``Recommender._exact_one``): MKL-packed scores + block-threshold top-n; the
 per-stage profile (``profile_exact_cpu_ms``) times each stage and what it replaced on the same requests.
@@ -31,6 +32,7 @@ import platform
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,17 @@ def profile_exact(rec, histories: list[list[str]], n: int) -> dict[str, dict[str
     return {k: {"p50": percentile_ms(t, 50), "p99": percentile_ms(t, 99)} for k, t in stages.items()}
 
 
+def _previous_exact_one(self, interests, interest_mask, history, n):
+    """What the single-user exact path did before the fast path: ``retrieval.topn`` for a batch of one
+    (``torch.matmul`` re-packing the table, ``stable_topk``), for the before/after row of the benchmark."""
+    from components.retrieval import pad_exclusions, topn
+
+    ex = pad_exclusions([history]) if self.exclude_history else None
+    s, i = topn(interests.unsqueeze(0).float(), interest_mask.unsqueeze(0).bool(), self.item_emb, n, ex)
+    pairs = [(a, b) for a, b in zip(s[0].tolist(), i[0].tolist()) if b != 0 and a != float("-inf")]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def _merge(scores, history):
     import torch
 
@@ -169,7 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     histories = [[f"i{i}" for i in rng.integers(1, args.items, rng.integers(5, 51))]
                  for _ in range(args.requests + 50)]
     out: dict = {}
-    for name, r, lam in (("exact", rec, 0.0), ("exact_lambda_0.25", rec, 0.25), (args.ann_factory, ann, 0.0)):
+    previous = Recommender.load(bundle)  # the same bundle served by the previous exact path (before/after)
+    previous._exact_one = types.MethodType(_previous_exact_one, previous)
+    for name, r, lam in (("exact", rec, 0.0), ("exact_previous_path", previous, 0.0),
+                         ("exact_lambda_0.25", rec, 0.25), (args.ann_factory, ann, 0.0)):
         for h in histories[:50]:  # warm-up
             r.recommend(h, None, args.n, lam)
         wall, cpu = [], []
