@@ -481,7 +481,10 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
         out.append("Each point is one run (seed " + ", ".join(sorted({str(s.get("seed")) for s in sweeps.values()}))
                    + ") of the variant's chosen setting with one `models.*` value changed; the params.yaml value is "
                    "the chosen run itself (✓). Sweep points never count as tuning candidates. Error bars and the "
-                   "user CI: the evaluator's bootstrap over test users (no seed spread: one seed).")
+                   "user CI: the evaluator's bootstrap over test users (no seed spread: one seed). Swept variants: "
+                   + ", ".join(lab(v) for v in _ordered({v: 0 for sw in sweeps.values()
+                                                          for v in (sw.get("variants") or {})}))
+                   + "; the papers' sweeps are of their plain models (no harder negatives).")
     for name, sw in sweeps.items():
         paper, axis = SWEEP_TITLES.get(name, (name, sw.get("key", name)))
         variants = _ordered(sw.get("variants", {}))
