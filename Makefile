@@ -14,6 +14,9 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := False
 export PYTHONDONTWRITEBYTECODE := 1
+# OpenMP threads (faiss, torch) sleep instead of spinning while idle: spinning on a shared or oversubscribed
+# machine made faiss searches several times slower (benchmarks/index.py)
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup data repro test pipeline clean help
 

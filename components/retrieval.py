@@ -61,6 +61,10 @@ def pad_exclusions(histories: Sequence[Sequence[int]]) -> torch.Tensor:
     return out
 
 
+#: query blocks smaller than this are zero-padded before the product with the item table (see merged_scores)
+MIN_GEMM_ROWS = 4
+
+
 def merged_scores(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
     """Best score over unmasked interests for every item (ComiRec eq. 11).
 
@@ -71,7 +75,13 @@ def merged_scores(interests: torch.Tensor, interest_mask: torch.Tensor, item_emb
     Returns:
         (B, N) scores; padding item 0 gets -inf.
     """
-    scores = torch.matmul(interests, item_emb.T)  # (B, K, N); memory-bound on item_emb for small B
+    b, k, d = interests.shape
+    q = interests.reshape(b * k, d)
+    if b * k < MIN_GEMM_ROWS:
+        # fewer than 4 query rows send MKL to its matrix-vector kernel, which rounds differently from the
+        # matrix-matrix one: zero-pad so every batch size gives bit-identical scores (serving scores one user)
+        q = torch.cat([q, q.new_zeros(MIN_GEMM_ROWS - b * k, d)])
+    scores = torch.matmul(q, item_emb.T)[: b * k].reshape(b, k, -1)  # (B, K, N); memory-bound on item_emb
     if not bool(interest_mask.all()):  # skip a full (B, K, N) pass in the common all-active case
         scores = scores.masked_fill(~interest_mask.unsqueeze(-1), NEG_INF)
     best = scores.amax(dim=1)  # (B, N): eq. (11) f(u, i) = max_k e_i^T v_u^(k)

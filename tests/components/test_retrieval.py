@@ -185,3 +185,29 @@ def test_retrieve_dispatch_and_bad_lambda():
         R.retrieve(v, m, e, 3, diversity_lambda=0.5)
     with pytest.raises(ValueError, match="diversity_lambda"):
         R.controllable_topn(v, m, e, 3, torch.zeros(e.shape[0], dtype=torch.long), -1.0)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_merged_scores_of_one_user_are_bit_identical_to_a_batch(k):
+    # serving scores one user at a time, evaluate a batch: the same user must get the same floats. A 1-row
+    # product goes through MKL's matrix-vector kernel (different rounding) unless merged_scores pads it.
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(20_000, 64, generator=g)
+    users = torch.randn(64, k, 64, generator=g)
+    mask = torch.ones(64, k, dtype=torch.bool)
+    batch = R.merged_scores(users, mask, emb)
+    for u in range(0, 64, 7):
+        one = R.merged_scores(users[u:u + 1], mask[u:u + 1], emb)
+        assert torch.equal(one[0], batch[u]), u
+
+
+def test_merged_scores_padding_is_what_makes_single_rows_exact(monkeypatch):
+    # the guard above is not vacuous: without the padding a single row differs from the batched product
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(20_000, 64, generator=g)
+    users = torch.randn(64, 1, 64, generator=g)
+    mask = torch.ones(64, 1, dtype=torch.bool)
+    batch = R.merged_scores(users, mask, emb)
+    monkeypatch.setattr(R, "MIN_GEMM_ROWS", 1)
+    differs = [not torch.equal(R.merged_scores(users[u:u + 1], mask[u:u + 1], emb)[0], batch[u]) for u in range(64)]
+    assert any(differs)
