@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.youtube_dnn import ItemTower, check_common
@@ -79,19 +78,10 @@ class ComiRecSA(nn.Module):
         """(B, L), (B, L) -> attention A (B, L, K) (each column sums to 1 over real behaviours), H (B, L, D)."""
         if not torch.jit.is_tracing() and history.shape[1] > self.max_len:  # shapes are constants in a trace
             raise ValueError(f"history length {history.shape[1]} > max_len {self.max_len}")
+        h = self.items(history)  # H, (B, L, D)
         t = torch.arange(history.shape[1], device=history.device).unsqueeze(0)  # (1, L)
         recency = (mask.sum(1, keepdim=True) - 1 - t).clamp(min=0)  # (B, L): 0 = newest behaviour
-        if not torch.jit.is_tracing() and history.numel() >= self.items.item.num_embeddings:
-            # W_1 is linear (no bias): W_1 (e_i + p_t) = W_1 e_i + W_1 p_t, each product computed once per
-            # catalogue item / per position and gathered (a batch of histories on a small catalogue)
-            table = self.items.table()  # (N, D)
-            h = F.embedding(history, table, padding_idx=0)  # H, (B, L, D)
-            pre = (F.embedding(history, self.w1(table), padding_idx=0)
-                   + F.embedding(recency, self.w1(self.positions.weight)))  # W_1 (H + P), (B, L, d_a)
-        else:
-            h = self.items(history)  # H, (B, L, D)
-            pre = self.w1(h + self.positions(recency))  # W_1 (H + P), (B, L, d_a)
-        scores = self.w2(torch.tanh(pre))  # eq. (6): W_2^T tanh(W_1 H), (B, L, K)
+        scores = self.w2(torch.tanh(self.w1(h + self.positions(recency))))  # eq. (6): W_2^T tanh(W_1 H), (B, L, K)
         scores = scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=1), h  # eq. (6): softmax over behaviours
 

@@ -170,29 +170,3 @@ def test_dr_position_major_routing_equals_plain_routing(iters):
     # no grad (eval, serving): the plain batched matmul path, same values
     with torch.no_grad():
         assert torch.allclose(model.capsules(history, mask)[0], out[1][0], atol=1e-6)
-
-
-@pytest.mark.parametrize("batch", [2, 6])  # 2 * MAX_LEN ids < NUM_ITEMS: plain path; 6: per-item products
-def test_sa_w1_per_item_and_position_equals_w1_per_behaviour(batch):
-    """ComiRec-SA with W_1 applied once per item and per position (W_1 is linear: W_1 (e + p) = W_1 e + W_1 p)
-    gives the interests and parameter gradients of eq. (6) applied to every behaviour."""
-    model = _sa(dim=8).train()
-    history, mask, prof = make_batch(batch=batch, seed=7)
-    target = torch.randn(batch, 3, 8, generator=torch.Generator().manual_seed(8))
-    out = []
-    for fast in (True, False):
-        model.zero_grad()
-        if fast:
-            v, _ = model.user_interests(history, mask, prof)
-        else:
-            h = model.items.item(history)
-            t = torch.arange(history.shape[1]).unsqueeze(0)
-            recency = (mask.sum(1, keepdim=True) - 1 - t).clamp(min=0)
-            scores = model.w2(torch.tanh(model.w1(h + model.positions(recency))))
-            a = torch.softmax(scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(scores.dtype).min), dim=1)
-            v = torch.einsum("blk,bld->bkd", a, h)
-        (v * target).sum().backward()
-        out.append([v.detach()] + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*out):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
-    assert all(g.abs().sum() > 0 for g in out[0][1:])
