@@ -17,16 +17,21 @@ Choices the issue leaves open (also in docs/RESULTS.md):
 - The split is fixed (built once with the params seed, 2026): the seeds vary initialisation, shuffling and
   negatives, not which users are test users, so MostPopular is one number (deterministic given the protocol).
 - Budget, the same for every model: at most 10 epochs per run (``BUDGET_EPOCHS``) (early stopping on valid
-  Recall@50 with ``train.patience`` inside), one run per grid point of ``GRID`` (``default`` = params.yaml, ``lr3e-3`` = lr 0.003)
-  with the tuning seed 2026.
+  Recall@50 with ``train.patience`` inside), one run per grid point of ``GRID`` (``default`` = lr 0.001,
+  params.yaml's value before the tuning; ``lr3e-3`` = lr 0.003, now params.yaml's) with the tuning seed 2026.
   On 2 shared cores an epoch of a multi-interest model takes ~30 s wall, so 10 epochs is what the afternoon
   allowed; several models were still improving at epoch 10 (see ``epochs`` in the run table).
-- What was actually run this time (2 shared cores, load ~9, ~1.4 min per MIND epoch): the full grid for
-  MostPopular, YouTube DNN and MIND; both trainable ones preferred ``lr3e-3`` on valid, so the remaining
-  models were run at ``lr3e-3`` only (the tuning table shows "–" for the points not run). Seeds beyond 2026
-  only where the run table lists them; leave-one-out, the K sweep and the σ/p sweep were not run.
+- What was actually run (2 shared cores): the full grid for MostPopular, YouTube DNN and MIND; both
+  trainable ones preferred ``lr3e-3`` on valid, so the remaining models were tuned at ``lr3e-3`` only (the
+  tuning table shows "–" for the points not run: with 10 epochs several ``lr3e-3`` runs were still improving
+  at the last epoch, so the slower ``default`` lr was not expected to win). Test seeds 2026-2030 for every
+  variant (strong generalization); the K/σ/p sweeps at the tuning seed; leave-one-out with seed 2026 for the
+  variants chosen on valid (MostPopular, YouTube DNN, MIND+HN, ComiRec-DR+HN, ComiRec-SA+HN, UMI).
+- Code versions: seeds 2026-2028 and the sweeps ran before, seeds 2029-2030 and leave-one-out after the
+  training speed-ups of the same day (per-item table lookups, routing layouts, hard selection by max): the
+  same maths, different float rounding, so the two groups are statistically, not bitwise, comparable.
 - Tuning: the grid point with the best **valid** Recall@50 (components.evaluate on the valid users of the
-  best checkpoint) is the model's setting; ties keep the first grid point (the params.yaml default). With
+  best checkpoint) is the model's setting; ties keep the first grid point. With
   or without HN is a separate variant each; the report picks between them on valid as well.
 - Seed bootstrap: 10,000 resamples of the per-seed values with replacement, percentile 95 % interval,
   numpy generator seeded with 0. With 1 seed the interval is the single value and std is NaN.
