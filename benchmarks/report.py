@@ -318,6 +318,7 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     lab = lambda v: labels.get(v, v)  # noqa: E731
     sg = {v: p["sg"] for v, p in res.items() if "sg" in p}
     loo = {v: p["loo"] for v, p in res.items() if "loo" in p}
+    multi = {v for vs in MULTI.values() for v in vs}
     tuning = _ordered(data.get("tuning", {}))
     runs = data.get("all_runs", [])
     tune_seed = meta.get("tune_seed")
@@ -775,6 +776,14 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
                          f"by mean agrees with strong generalization for {agree} of {total} pairs. Mean user-CI "
                          f"half-width of Recall@50: leave-one-out {_mean_half(loo, both):.4f}, strong generalization "
                          f"{_mean_half(sg, both):.4f}.")
+        ref = loo.get("youtube_dnn", {}).get("recall@50")
+        if ref:
+            by: dict[str, list[str]] = {}
+            for v in [v for v in both if v in multi]:
+                by.setdefault(verdict(ref, loo[v]["recall@50"])[0], []).append(lab(v))
+            if by:
+                notes.append("ComiRec Table 3 under leave-one-out (multi-interest model beats YouTube DNN, same rule): "
+                             + "; ".join(f"{k}: {', '.join(vs)}" for k, vs in by.items()) + ".")
     else:
         notes.append("Leave-one-out: not run yet.")
     cap = [r for r in runs if capped(r)]
