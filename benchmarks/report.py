@@ -49,7 +49,8 @@ MULTI = {"mind": ("mind", "mind+hn"), "comirec_dr": ("comirec_dr", "comirec_dr+h
 MULTI_TARGET = 0.30
 BEST_TARGET = 0.37
 REFERENCE_BEST = 0.336   # SINE in the reference library on this protocol (issue 6)
-ORDER = ["quality", "planted", "train_speed", "speed", "data_path", "index", "serving"]
+ORDER = ["quality", "planted", "train_speed", "train_speed_2threads", "speed", "data_path", "index", "serving",
+         "end_to_end"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -951,6 +952,46 @@ def generic_section(name: str, data: Any, img: Path, rel: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- main
+def end_to_end_section(data: dict) -> list[str]:
+    """benchmarks/end_to_end.py: the phases of ``make repro`` from a fresh clone, and what the run produced."""
+    raw = data.get("phases") or {}
+    order = ["setup", "data", "dvc_repro"]
+    phases = {k: raw[k] for k in sorted(raw, key=lambda k: (order.index(k) if k in order else len(order), k))}
+    out = [table(["phase", "command", "exit", "wall s", "CPU s", "peak RSS MB (largest process)"],
+                 [[name, f"`{p.get('command', '')}`", p.get("rc"), fmt(p.get("wall_s"), 1), fmt(p.get("cpu_s"), 1),
+                   fmt(p.get("peak_rss_mb"), 1)] for name, p in phases.items()])]
+    total = data.get("make_repro") or {}
+    repro = phases.get("dvc_repro") or {}
+    target = data.get("target_dvc_repro_s")
+    if total:
+        out.append(f"\n`make repro` from a fresh clone, set-up included: **{fmt(total.get('wall_s'), 1)} s** wall, "
+                   f"{fmt(total.get('cpu_s'), 1)} s CPU, peak {fmt(total.get('peak_rss_mb'), 1)} MB. `dvc repro` alone "
+                   f"(the `make repro` phase once set-up and data are in place): **{fmt(repro.get('wall_s'), 1)} s** "
+                   f"against the target of {fmt(target, 0)} s: **{'met' if data.get('target_met') else 'missed'}**.")
+    models = {k: v for k, v in (data.get("models") or {}).items() if not k.startswith("_")}
+    if models:
+        rows = []
+        for name, m in models.items():
+            tr, te = m.get("train") or {}, m.get("test") or {}
+            ci = (te.get("test.recall@50_ci_low"), te.get("test.recall@50_ci_high"))
+            rows.append([name, tr.get("epochs"), tr.get("best_epoch"), fmt(tr.get("wall_seconds"), 1),
+                         fmt(tr.get("samples_per_s"), 0) if name != "most_popular" else "–",
+                         fmt(tr.get("peak_rss_mb"), 1), fmt(te.get("test.recall@50")),
+                         f"[{fmt(ci[0])}, {fmt(ci[1])}]" if None not in ci else "–", fmt(te.get("test.ndcg@50"))])
+        out += ["", "What that run trained and measured (the clone's DVC metrics; training on one thread):", "",
+                table(["model", "epochs", "best epoch", "train wall s", "samples/s", "peak MB", "test Recall@50",
+                       "user CI", "test NDCG@50"], rows)]
+    gate = (data.get("models") or {}).get("_gate")
+    if gate:
+        rules = "; ".join(f"{r.get('rule')}: {fmt(r.get('candidate'))} vs threshold {fmt(r.get('threshold'))}"
+                          for r in gate.get("rules") or [])
+        out.append(f"\nGate: candidate `{gate.get('candidate')}` {'passed' if gate.get('passed') else 'BLOCKED'} ({rules}).")
+    mach = data.get("machine") or {}
+    out.append(f"\nCommit {str(data.get('commit', ''))[:10]}, {data.get('date_utc', '')}; {mach.get('cpus')} CPUs, "
+               f"load average before {mach.get('load_avg_before')} / after {mach.get('load_avg_after')}.")
+    return out
+
+
 def render(results_dir: Path, out_path: Path, img_dir: Path, plots: bool = True) -> str:
     """Write ``out_path`` from ``results_dir/*.json`` (PNGs into ``img_dir`` unless ``plots`` is False)."""
     _PLOTS["on"] = plots
@@ -997,6 +1038,8 @@ def _render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
                 body += ["", "### Choices and budget (from benchmarks/quality.py)", "", choices]
         elif p.stem == "planted":
             body = planted_section(data, img_dir, rel)
+        elif p.stem == "end_to_end":
+            body = end_to_end_section(data)
         else:
             body = generic_section(p.stem, data, img_dir, rel)
         parts += body

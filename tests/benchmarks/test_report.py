@@ -359,3 +359,22 @@ def test_report_skips_a_broken_file(results, tmp_path):
     text = report.render(results, tmp_path / "R.md", tmp_path / "img", plots=False)
     assert "## index" in text and "(no benchmarks/nosuchscript.py found)" in text
     assert not (tmp_path / "img").exists()  # plots=False: tables only
+
+
+def test_end_to_end_section_orders_phases_and_judges_the_dvc_repro_target():
+    end_to_end_section = report.end_to_end_section
+
+    def data(repro_s):
+        return {"phases": {"dvc_repro": {"command": "make repro", "rc": 0, "wall_s": repro_s, "cpu_s": 1.0,
+                                         "peak_rss_mb": 500.0},
+                           "setup": {"command": "make setup", "rc": 0, "wall_s": 100.0, "cpu_s": 90.0,
+                                     "peak_rss_mb": 300.0}},
+                "make_repro": {"wall_s": 100.0 + repro_s, "cpu_s": 91.0, "peak_rss_mb": 500.0},
+                "target_dvc_repro_s": 600.0, "target_met": repro_s <= 600.0,
+                "models": {"mind": {"train": {"epochs": 3}, "test": {"test.recall@50": 0.4}},
+                           "_gate": {"candidate": "mind", "passed": False, "rules": []}}}
+
+    text = "\n".join(end_to_end_section(data(650.0)))
+    assert text.index("| setup |") < text.index("| dvc_repro |")
+    assert "**missed**" in text and "BLOCKED" in text and "| mind | 3 |" in text and "_gate" not in text
+    assert "**met**" in "\n".join(end_to_end_section(data(550.0)))
