@@ -907,7 +907,7 @@ def records_table(recs: list[dict]) -> tuple[list[str], list[list[Any]]]:
     return cols, [[f.get(c) for c in cols] for f in flat]
 
 
-def generic_section(name: str, data: Any, img: Path, rel: str) -> list[str]:
+def generic_section(name: str, data: Any, img: Path, rel: str, bar_chart: bool = True) -> list[str]:
     out: list[str] = []
     tables: list[tuple[str, list[str], list[list[Any]]]] = []
 
@@ -934,7 +934,7 @@ def generic_section(name: str, data: Any, img: Path, rel: str) -> list[str]:
         out.append(f"\n`{path}`:\n")
         out.append(table([c or "name" for c in cols], rows))
     # one bar chart: the first records table with a label column and a numeric column
-    for path, cols, rows in tables:
+    for path, cols, rows in (tables if bar_chart else []):
         lab = next((i for i, c in enumerate(cols) if all(isinstance(r[i], str) for r in rows)), None)
         num = next((i for i, c in enumerate(cols) if i != lab and all(
             isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in rows)), None)
@@ -948,6 +948,20 @@ def generic_section(name: str, data: Any, img: Path, rel: str) -> list[str]:
         ax.set_title(f"{name}: {path} — {cols[num]}")
         out.append("\n" + save(fig, img, f"{name}_{(path or 'rows').replace('.', '_')}.png", rel))
         break
+    return out
+
+
+def speed_section(data: Any, img: Path, rel: str, out_path: Path) -> list[str]:
+    """benchmarks/speed.py: its tables, and the plot it draws for each sweep (benchmarks/results/img/)."""
+    import os
+
+    out = generic_section("speed", data, img, rel, bar_chart=False)
+    sweeps = data.get("sweeps") if isinstance(data, dict) else None
+    for sweep in (sweeps or {}):
+        png = REPO / "benchmarks" / "results" / "img" / f"speed_{sweep}.png"
+        if png.exists():
+            out.append(f"\n`{sweep}` (drawn by `benchmarks/speed.py --plot`):\n\n"
+                       f"![speed_{sweep}.png]({os.path.relpath(png, out_path.parent)})")
     return out
 
 
@@ -1040,6 +1054,8 @@ def _render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
             body = planted_section(data, img_dir, rel)
         elif p.stem == "end_to_end":
             body = end_to_end_section(data)
+        elif p.stem == "speed":
+            body = speed_section(data, img_dir, rel, out_path)
         else:
             body = generic_section(p.stem, data, img_dir, rel)
         parts += body

@@ -138,6 +138,7 @@ def main() -> None:
         rows[name] = row
 
     result = {
+        "command": " ".join(["python benchmarks/train_speed.py", *sys.argv[1:]]),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
