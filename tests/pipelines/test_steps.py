@@ -34,12 +34,12 @@ def test_check_params_gives_one_spec_per_trained_model_in_order():
     ("gates.floors={test.recall@50: .nan}", "gates"),
     ("models.mind.num_interest=4", "models.mind (arch mind)"),  # unknown constructor argument
     ("train.models=[mind, nope]", "'nope' is not a key of models"),
-    ("train.models=[mind, umi]", "export.baseline: 'youtube_dnn' is not trained"),
+    (("export.candidate=mind", "train.models=[mind, umi]"), "export.baseline: 'youtube_dnn' is not trained"),
     ("models.mind.max_epochs=0", "models.mind"),
     ("seed=-1", "seed"),
 ])
 def test_check_params_rejects_each_bad_section_naming_it(override, match):
-    args = arguments(override)
+    args = arguments(*override) if isinstance(override, tuple) else arguments(override)
     with pytest.raises(ParamsError) as info:
         steps.check_params(**args)
     assert match in str(info.value)
@@ -93,7 +93,8 @@ def _fan_in(tmp_path: Path, recalls: dict[str, float]):
 @pytest.mark.parametrize("floor, tolerance, passed", [(0.1, 0.02, True), (0.5, 0.02, False), (0.1, 0.0, False)])
 def test_gate_applies_floors_and_the_relative_rule_against_the_baseline(tmp_path, floor, tolerance, passed):
     models, evals, indexes = _fan_in(tmp_path, {"youtube_dnn": 0.30, "mind": 0.29, "umi": 0.9})
-    args = arguments(f"gates.floors={{test.recall@50: {floor}}}", f"gates.relative.tolerance={tolerance}")
+    args = arguments("export.candidate=mind", f"gates.floors={{test.recall@50: {floor}}}",
+                     f"gates.relative.tolerance={tolerance}")
     metrics = Metrics(name="metrics", uri=str(tmp_path / "gate" / "metrics"))
     out, verdict = tmp_path / "gate" / "candidate", tmp_path / "gate" / "verdict"
     result = steps.gate(args["export"], args["gates"], models, evals, indexes, str(out), str(verdict), metrics)
@@ -111,7 +112,7 @@ def test_gate_applies_floors_and_the_relative_rule_against_the_baseline(tmp_path
 
 def test_gate_needs_the_candidate_and_baseline_among_the_runs_outputs(tmp_path):
     models, evals, indexes = _fan_in(tmp_path, {"youtube_dnn": 0.3})
-    args = arguments()
+    args = arguments("export.candidate=mind")
     with pytest.raises(ParamsError, match="export.candidate: no model for 'mind'"):
         steps.gate(args["export"], args["gates"], models, evals, indexes, str(tmp_path / "c"),
                    str(tmp_path / "v"))
