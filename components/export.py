@@ -48,7 +48,7 @@ import numpy as np
 
 from components.config import load_params, section
 from components.gates import GateFailed, GateResult, GatesConfig, check
-from components.io import DataError, atomic_dir, cli_main, read_json, write_json
+from components.io import DataError, atomic_dir, cli_main, file_digest, read_json, write_json
 
 BUNDLE_FILES = ("user_tower.pt", "item_embeddings.npy", "index.faiss", "item_ids.npy", "index.json",
                 "items.parquet", "vocab.json")
@@ -97,12 +97,7 @@ class ExportPaths:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = file_digest  # the bundle's file hashes (sha256, the default)
 
 
 def data_version(split_dir: Path, dvc_lock: Path | None = None) -> str:
@@ -131,7 +126,7 @@ def data_version(split_dir: Path, dvc_lock: Path | None = None) -> str:
                     return f"md5:{out['md5']}"
                 if target in p.parents:
                     files[str(p.relative_to(target))] = str(out["md5"])
-        if files and all((target / rel).is_file() and _md5_file(target / rel) == md5
+        if files and all((target / rel).is_file() and file_digest(target / rel, "md5") == md5
                          for rel, md5 in files.items()):
             lines = "".join(f"{rel}:{files[rel]}\n" for rel in sorted(files))
             return f"md5:{hashlib.md5(lines.encode()).hexdigest()}"
@@ -141,14 +136,6 @@ def data_version(split_dir: Path, dvc_lock: Path | None = None) -> str:
     for p in sorted(q for q in split_dir.rglob("*") if q.is_file()):
         h.update(str(p.relative_to(split_dir)).encode() + b"\0" + sha256_file(p).encode() + b"\0")
     return f"sha256:{h.hexdigest()}"
-
-
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

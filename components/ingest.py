@@ -60,7 +60,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Literal, Optional
 
 from components.config import ParamsError, from_dict, load_params, section
-from components.io import DataError, atomic_dir, atomic_path, cli_main, read_table, write_json
+from components.io import DataError, atomic_dir, atomic_path, cli_main, file_digest, read_table, write_json
 from components.synthetic import AGE_GROUPS, SyntheticConfig
 from components import synthetic
 
@@ -633,16 +633,8 @@ def safe_extract(archive: Path, dest: Path, *, wanted: Iterable[str]) -> dict[st
     return found
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files_verified(dest: Path, files: dict[str, str]) -> bool:
-    return all((dest / n).is_file() and sha256_file(dest / n) == h for n, h in files.items())
+    return all((dest / n).is_file() and file_digest(dest / n) == h for n, h in files.items())
 
 
 def extract_verified(wheel: Path, dest: Path, *, files: dict[str, str] = ML100K_FILES,
@@ -696,7 +688,7 @@ def fetch(dest: Path, cache_dir: Path = Path(".cache/downloads")) -> dict:
             status = "downloaded"
             if not wheel.is_file():
                 raise DataError(f"pip download did not produce {RECBOLE_WHEEL}", path=cache_dir)
-        digest = sha256_file(wheel)
+        digest = file_digest(wheel)
         if digest != RECBOLE_WHEEL_SHA256:
             raise DataError(f"SHA-256 mismatch: got {digest}, expected {RECBOLE_WHEEL_SHA256} "
                             "(delete the file to download it again)", path=wheel)

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_modules import load
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import end_to_end as e2e  # noqa: E402
+e2e = load("end_to_end")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ The bootstrap intervals are checked against distributions worked out by hand (re
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmark_modules import load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-quality = _load("quality")
-report = _load("report")
+quality = load("quality")
+report = load("report")
 
 
 # ------------------------------------------------------------------------------------------ aggregation

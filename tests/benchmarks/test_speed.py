@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import json
 import subprocess
@@ -21,17 +20,12 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmark_modules import load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-speed = _load("speed")
+speed = load("speed")
 
 
 @pytest.fixture(scope="module")
