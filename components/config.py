@@ -7,7 +7,10 @@ silently falling back to a default.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,27 +22,77 @@ T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+#: The top-level keys of params.yaml (``seed`` is a scalar, every other one a section). A key not listed here
+#: is a typo or a leftover and is refused by :func:`load_params`; add a new section's name here.
+SECTIONS = ("seed", "ingest", "validate", "split", "models", "train", "evaluate", "index", "export", "gates",
+            "kfp", "registry")
+
 
 class ParamsError(ValueError):
     """A params file or section is malformed; the message names the offending key."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but numbers such as ``1e-3`` and ``1.0e3`` are floats.
+
+    PyYAML follows YAML 1.1, whose float pattern needs a dot and a signed exponent, so ``lr: 1e-3`` (what
+    people write, and a float to DVC's YAML 1.2 parser) would be the string "1e-3". This uses the YAML 1.2
+    core-schema float pattern instead; everything else is :class:`yaml.SafeLoader`.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+# ...but a plain integer stays an int: the int resolver is tried first for the same first characters
+for _ch, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _resolvers.sort(key=lambda r: r[0] != "tag:yaml.org,2002:int")
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text like :func:`yaml.safe_load`, with YAML 1.2 floats (``1e-3`` is a float)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Read a YAML params file into a dict, with a clear error for a missing or malformed file."""
+    """Read a YAML params file into a dict, strictly.
+
+    Raises:
+        ParamsError: a missing or malformed file, a top-level key not in :data:`SECTIONS`, or an empty
+            section (``train:`` with nothing under it; write ``train: {}`` to take every default).
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    check_sections(data, str(path))
     return data
+
+
+def check_sections(params: Mapping[str, Any], where: str = "params") -> None:
+    """ParamsError for a top-level key not in :data:`SECTIONS` or one with an empty value."""
+    unknown = sorted(str(k) for k in params if k not in SECTIONS)
+    if unknown:
+        raise ParamsError(f"{where}: unknown top-level key(s) {', '.join(repr(k) for k in unknown)} "
+                          f"(known: {', '.join(SECTIONS)})")
+    for key, value in params.items():
+        if value is None:
+            raise ParamsError(f"{where}: {key}: is empty; give its keys (or {{}} to take every default)"
+                              if key != "seed" else f"{where}: seed: is empty; give an integer")
 
 
 def section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
@@ -49,6 +102,8 @@ def section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
         if not isinstance(node, Mapping) or part not in node:
             raise ParamsError(f"params: missing section '{name}'")
         node = node[part]
+    if node is None:
+        raise ParamsError(f"{name}: section is empty; give its keys (or {{}} to take every default)")
     return from_dict(cls, node, name)
 
 
@@ -83,7 +138,16 @@ def from_dict(cls: type[T], data: Any, prefix: str) -> T:
     except ParamsError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ParamsError(f"{prefix}: {exc}") from None
+        raise ParamsError(_name_key(prefix, str(exc), fields)) from None
+
+
+def _name_key(prefix: str, message: str, fields: Mapping[str, Any]) -> str:
+    """``prefix.key ...`` when a ``__post_init__`` message starts with one of the fields' names, else
+    ``prefix: message``: "lr must be > 0" from the train section reads "train.lr must be > 0"."""
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(?=[\s:\[])", message)
+    if m and m.group(1) in fields:
+        return f"{prefix}.{message}"
+    return f"{prefix}: {message}"
 
 
 def to_dict(obj: Any) -> Any:
@@ -125,14 +189,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ParamsError(f"{key}: {value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
+        if value is None:  # `key:` with nothing under it (Optional[...] sections returned None above)
+            raise ParamsError(f"{key}: section is empty; give its keys (or {{}} to take every default)")
         return from_dict(tp, value, key)
-    if origin in (list, tuple, typing.Sequence):
+    if origin in (list, tuple, typing.Sequence, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"{key}: expected a list, got {type(value).__name__} ({value!r})")
         inner = args[0] if args else Any
         items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin in (dict, typing.Mapping):
+    if origin in (dict, typing.Mapping, collections.abc.Mapping):
         if not isinstance(value, Mapping):
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__} ({value!r})")
         vt = args[1] if len(args) == 2 else Any
@@ -148,6 +214,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -23,6 +23,11 @@ Choices the papers leave open (also listed in the report / README):
 - User split: ``numpy.random.default_rng(seed).permutation`` over user indices; the first
   ``n - n_valid - n_test`` go to train, then valid, then test, with ``n_valid = round(ratio_valid * n)``
   (and the same for test). Exact counts; a user's split does change when the user set changes.
+- k-fold (``folds: k >= 3``): the same permutation cut into k near-equal contiguous folds (position j in
+  fold ``j * k // n``); fold ``fold`` is test, fold ``(fold + 1) % k`` valid, the rest train. k = 2 is
+  refused (no train fold). ``folds: 1`` is the ratio split above, byte for byte.
+- A split left with no users (tiny data, or more folds than users) is a DataError naming the counts and
+  the keys to change; only a share set explicitly to 0.0 in ``ratios`` may be empty.
 - ``int(history_fraction * n)`` is float64 arithmetic as in Python, the same formula readers may use.
 - Leave-one-out writes every user as ``split = "train"`` in users.parquet (each is in all three files);
   ``ratios`` and ``history_fraction`` are not used there.
@@ -59,9 +64,14 @@ class SplitConfig:
     min_item_interactions: int = 5
     """k-core: keep items with at least this many interaction rows (after the user filter too)."""
     ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
-    """train / valid / test share of users (strong generalization only); sums to 1."""
+    """train / valid / test share of users (strong generalization, folds: 1 only); sums to 1."""
     history_fraction: float = 0.8
     """valid/test users: history = first int(history_fraction * n) items, targets = the rest."""
+    folds: int = 1
+    """k-fold strong generalization: 1 = one split by ``ratios``; k >= 3 = users in k seeded folds, fold
+    ``fold`` is test, fold ``(fold + 1) % k`` valid, the rest train (``ratios`` unused)."""
+    fold: int = 0
+    """which of the ``folds`` folds this run uses, in [0, folds)."""
 
     def __post_init__(self) -> None:
         if self.min_item_interactions < 1:
@@ -79,6 +89,14 @@ class SplitConfig:
         if self.protocol == "leave_one_out" and self.min_user_interactions < 3:
             raise ValueError("min_user_interactions must be >= 3 for leave_one_out (train, valid and test "
                              f"each need an item), got {self.min_user_interactions}")
+        if self.folds < 1 or self.folds == 2:
+            raise ValueError(f"folds must be 1 (one split by ratios) or >= 3 (test fold, valid fold, train "
+                             f"folds; with 2 no fold is left to train), got {self.folds}")
+        if not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must lie in [0, folds) = [0, {self.folds}), got {self.fold}")
+        if self.folds > 1 and self.protocol != "strong_generalization":
+            raise ValueError(f"folds: k-fold ({self.folds}) splits users, so it needs protocol "
+                             f"strong_generalization, got {self.protocol!r}")
         if (self.protocol == "strong_generalization"
                 and int(self.history_fraction * self.min_user_interactions) < 1):
             raise ValueError(
@@ -311,6 +329,41 @@ def assign_users(num_users: int, ratios: tuple[float, ...], seed: int) -> np.nda
     return code
 
 
+def assign_folds(num_users: int, folds: int, fold: int, seed: int) -> np.ndarray:
+    """Split code (0 train, 1 valid, 2 test) per user index for fold ``fold`` of ``folds``.
+
+    The seeded permutation of :func:`assign_users` is cut into ``folds`` contiguous runs whose sizes differ
+    by at most one (position j of the permutation is in fold ``j * folds // num_users``); fold ``fold`` is
+    test, fold ``(fold + 1) % folds`` valid, the others train. Over all folds every user is tested once
+    and validated once.
+    """
+    perm = np.random.default_rng(seed).permutation(num_users)
+    fold_of = np.empty(num_users, dtype=np.int64)
+    fold_of[perm] = np.arange(num_users, dtype=np.int64) * folds // max(num_users, 1)
+    code = np.zeros(num_users, dtype=np.int8)
+    code[fold_of == (fold + 1) % folds] = 1
+    code[fold_of == fold] = 2
+    return code
+
+
+def _check_nonempty(code: np.ndarray, cfg: SplitConfig, path: Path) -> None:
+    """DataError when a split that should hold users holds none (tiny data), naming counts and keys."""
+    counts = np.bincount(code, minlength=3)
+    wanted = [True] * 3 if cfg.folds > 1 else [r > 0 for r in cfg.ratios]  # an explicit 0.0 share is a choice
+    empty = [s for s, n, w in zip(SPLITS, counts, wanted) if w and n == 0]
+    if not empty:
+        return
+    if cfg.folds > 1:
+        fix = f"lower split.folds (now {cfg.folds}; each fold needs a user)"
+    else:
+        fix = f"raise the valid/test shares of split.ratios (now {list(cfg.ratios)})"
+    raise DataError(
+        f"the split leaves no {' / '.join(empty)} user(s): {len(code)} user(s) after the k-core give "
+        f"train/valid/test = {counts[0]}/{counts[1]}/{counts[2]}; {fix}, lower split.min_user_interactions "
+        f"(now {cfg.min_user_interactions}) / split.min_item_interactions (now {cfg.min_item_interactions}), "
+        "or use more data", path=path)
+
+
 def run(cfg: SplitConfig, data_dir: Path, out_dir: Path, *, seed: int) -> dict:
     """Filter, index and split the canonical tables in ``data_dir``; write the split to ``out_dir``.
 
@@ -372,7 +425,11 @@ def run(cfg: SplitConfig, data_dir: Path, out_dir: Path, *, seed: int) -> dict:
 
     tables: dict[str, pa.Table] = {}
     if cfg.protocol == "strong_generalization":
-        code = assign_users(num_users, cfg.ratios, seed)
+        if cfg.folds == 1:
+            code = assign_users(num_users, cfg.ratios, seed)
+        else:
+            code = assign_folds(num_users, cfg.folds, cfg.fold, seed)
+        _check_nonempty(code, cfg, data_dir / "interactions.parquet")
         hist_len = (cfg.history_fraction * lengths).astype(np.int64)  # int(0.8 n), per user
         row_code = code[user - 1]
         members = {s: np.flatnonzero(code == c) for c, s in enumerate(SPLITS)}  # user_idx - 1, ascending
@@ -466,6 +523,8 @@ def run(cfg: SplitConfig, data_dir: Path, out_dir: Path, *, seed: int) -> dict:
         "seq_len": _quantiles(lengths),
         "splits": per_split,
     }
+    if cfg.folds > 1:  # only then, so that folds: 1 writes exactly the files it always did
+        stats["folds"], stats["fold"] = cfg.folds, cfg.fold
 
     log.info("split tables built: %.1f s", time.perf_counter() - t0)
     with atomic_dir(out_dir) as tmp:
@@ -502,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = section(params, "split", SplitConfig)
         stats = run(cfg, args.data, args.out, seed=read_seed(params))
         sp = stats["splits"]
-        print(f"split ({cfg.protocol}): {stats['users']} users, {stats['items']} items, "
+        folds = f", fold {cfg.fold} of {cfg.folds}" if cfg.folds > 1 else ""
+        print(f"split ({cfg.protocol}{folds}): {stats['users']} users, {stats['items']} items, "
               f"{stats['interactions']} interactions; users train/valid/test = "
               f"{sp['train']['users']}/{sp['valid']['users']}/{sp['test']['users']} -> {args.out}")
 
