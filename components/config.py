@@ -163,6 +163,12 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def check_value(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked against annotation ``tp`` as :func:`from_dict` checks a field (ParamsError naming
+    ``key``); returns the value as the field would hold it (an int for a float field becomes a float)."""
+    return _coerce(tp, value, key)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -97,6 +97,12 @@ class EvaluateConfig:
     def max_n(self) -> int:
         return max(self.topn)
 
+    def check_catalogue(self, num_items: int, path: Path) -> None:
+        """ParamsError when a list length exceeds the catalogue (``num_items`` counts padding 0)."""
+        if self.max_n > num_items - 1:
+            raise ParamsError(f"evaluate.topn: {self.max_n} is above the catalogue size {num_items - 1} "
+                              f"(items in {path}); use list lengths <= {num_items - 1}")
+
 
 # ------------------------------------------------------------------------------------------- split reading
 @dataclass(frozen=True)
@@ -349,6 +355,7 @@ def evaluate_model(cfg: EvaluateConfig, model, split_dir: Path, *, max_len: int,
 
     torch.manual_seed(seed)
     cat = load_catalogue(split_dir)
+    cfg.check_catalogue(cat.num_items, Path(split_dir) / "items.parquet")
     model.eval()
     item_emb = item_table(model, cat.num_items)
     if item_emb.shape[0] != cat.num_items:

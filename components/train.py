@@ -128,6 +128,15 @@ class TrainConfig:
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models has duplicates: {self.models}")
 
+    def check_accelerator(self) -> None:
+        """At train start (not at load: a CPU machine may compile a GPU pipeline): ParamsError when
+        ``accelerator`` asks for a GPU this machine does not have."""
+        import torch
+
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ParamsError(f"train.accelerator: {self.accelerator!r} but no CUDA GPU is available here "
+                              "(torch.cuda.is_available() is False); use cpu or auto")
+
 
 #: ``train`` keys a model variant may override
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "models")
@@ -160,6 +169,9 @@ class ModelConfig:
         clash = sorted(set(self.hparams) & set(DATA_HPARAMS))
         if clash:
             raise ValueError(f"{', '.join(clash)} come(s) from the split / train section, not models.{self.name}")
+        from models import check_hparams
+
+        check_hparams(self.arch, self.hparams, f"models.{self.name}")  # ParamsError naming models.<name>.<key>
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], name: str) -> "ModelConfig":
@@ -183,6 +195,8 @@ class ModelConfig:
         try:
             return cls(name=name, arch=parsed.arch, harder_negatives=parsed.harder_negatives,
                        attention_pow=parsed.attention_pow, hparams=hparams, overrides=overrides)
+        except ParamsError:
+            raise
         except ValueError as exc:
             raise ParamsError(f"{prefix}: {exc}") from None
 
@@ -386,6 +400,7 @@ def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *,
     from components.train_data import load_split_meta
 
     cfg = model.train_config(cfg)
+    cfg.check_accelerator()
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

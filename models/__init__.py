@@ -86,6 +86,25 @@ def arch_of(model: Any) -> str:
     raise TypeError(f"{type(model).__name__} is not a registered model")
 
 
+def check_hparams(arch: str, hparams: dict[str, Any], prefix: str) -> None:
+    """Type-check the scalar constructor arguments of ``arch`` against its signature's annotations.
+
+    ``dim: "64"``, ``num_interests: 2.5`` or ``num_interests: true`` (a bool is not an int here) raise
+    :class:`ParamsError` naming ``<prefix>.<key>``; unknown keys and non-scalar arguments (lists of
+    cardinalities, counts) are left to :func:`build_model` and the constructor.
+    """
+    import typing
+
+    from components.config import check_value
+
+    hints = typing.get_type_hints(model_class(arch).__init__)
+    for key, value in hparams.items():
+        tp = hints.get(key)
+        scalars = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_args(tp) else [tp]
+        if tp is not None and all(a in (int, float, bool, str) for a in scalars):
+            check_value(tp, value, f"{prefix}.{key}")
+
+
 def build_model(arch: str, **hparams: Any) -> "nn.Module":
     """Construct ``arch`` from keyword hyper-parameters.
 
@@ -103,6 +122,7 @@ def build_model(arch: str, **hparams: Any) -> "nn.Module":
     missing = sorted(n for n in known if params[n].default is inspect.Parameter.empty and n not in hparams)
     if missing:
         raise ParamsError(f"models.{arch}: required key(s) missing: {', '.join(missing)}")
+    check_hparams(arch, hparams, f"models.{arch}")
     try:
         return cls(**hparams)
     except (TypeError, ValueError) as exc:
