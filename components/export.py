@@ -50,8 +50,7 @@ from components.config import load_params, section
 from components.gates import GateFailed, GateResult, GatesConfig, check
 from components.io import DataError, atomic_dir, cli_main, file_digest, read_json, write_json
 
-BUNDLE_FILES = ("user_tower.pt", "item_embeddings.npy", "index.faiss", "item_ids.npy", "index.json",
-                "items.parquet", "vocab.json")
+from components.bundle import BUNDLE_FILES  # noqa: F401 - re-exported: the bundle's files (format 2, no code)
 
 
 @dataclass(frozen=True)
@@ -151,93 +150,60 @@ def library_versions() -> dict[str, str]:
 
 
 class UserTower:
-    """Factory for the traceable wrapper (a real nn.Module subclass is built lazily: torch is heavy)."""
+    """Factory of the ``nn.Module`` whose forward is ``model.user_interests`` (see components.bundle)."""
 
     @staticmethod
     def make(model):
-        from torch import nn
+        from components.bundle import tower_module
 
-        class _Tower(nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, history, mask, profile):
-                return self.inner.user_interests(history, mask, profile)
-
-        return _Tower(model)
-
-
-def trace_user_tower(model, max_len: int, num_profile_fields: int, num_items: int, seed: int = 0):
-    """``torch.jit.trace`` of ``model.user_interests``, checked against eager mode on other batch sizes and
-    history lengths (a model that branches on tensor values would disagree).
-
-    Raises:
-        ValueError: the traced tower disagrees with the eager model.
-    """
-    import torch
-
-    from components.retrieval import pad_histories
-
-    g = torch.Generator().manual_seed(seed)
-
-    def example(lengths):
-        hist = [torch.randint(1, num_items, (n,), generator=g).tolist() for n in lengths]
-        h, m = pad_histories(hist, max_len)
-        p = torch.zeros(len(lengths), num_profile_fields, dtype=torch.long)
-        return h, m, p
-
-    model.eval()
-    wrapper = UserTower.make(model).eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        # torch 2.13 marks TorchScript deprecated; it is still the one format a plain C++/Python runtime loads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(wrapper, example([max_len, max(1, max_len // 2)]), check_trace=False)
-        for lengths in ([1], [max_len, 1, 3 % max_len + 1], [max(1, max_len - 1)] * 5):
-            inputs = example(lengths)
-            (v_e, m_e), (v_t, m_t) = wrapper(*inputs), traced(*inputs)
-            if not (torch.equal(m_e.bool(), m_t.bool()) and torch.allclose(v_e, v_t, atol=1e-6)):
-                raise ValueError("the traced user tower disagrees with the eager model (branching on tensor "
-                                 "values?); it cannot be exported with torch.jit.trace")
-    return traced
+        return tower_module(model)
 
 
 # ------------------------------------------------------------------------------------------------ bundles
 def build_bundle(variant: str, paths: ExportPaths, params: dict[str, Any], metrics: dict[str, Any],
                  gate: dict[str, Any], version: str, *, exclude_history: bool = True) -> Path:
-    """Write the serving bundle of ``variant`` into ``bundles_dir/<variant>-<hash12>`` atomically.
+    """Write the serving bundle of ``variant`` (format 2, :mod:`components.bundle`) into
+    ``bundles_dir/<variant>-<hash12>``: staged in a temporary folder, renamed into place.
+
+    The hash covers only what defines the served answers (weights, item table, index, items, vocab, model
+    description, data version), so when that folder already exists and verifies it is returned untouched
+    (its manifest keeps the metrics and gate verdict of the first export). The ONNX user tower is exported
+    and checked against the eager model (1e-5) only when a new bundle is written.
 
     Returns:
         the bundle folder.
+    Raises:
+        DataError: unusable inputs (named), or an architecture that cannot be exported to ONNX.
     """
-    import torch
+    import tempfile
 
+    from components import bundle as B
     from components.build_index import build_faiss_index, load_index
     from components.evaluate import item_table, load_catalogue
+    from components.io import apply_umask, replace_dir
     from models import arch_of, load_model
 
-    model = load_model(paths.models_dir / variant / "model.pt")
+    model_path = paths.models_dir / variant / "model.pt"
+    model = load_model(model_path)
     cat = load_catalogue(paths.split_dir)
     max_len = int(model.config.get("max_len", 0))
     if max_len < 1:
-        raise DataError("model hparams have no max_len", path=paths.models_dir / variant / "model.pt")
+        raise DataError("model hparams have no max_len", path=model_path)
     item_emb = item_table(model, cat.num_items)
     if item_emb.shape[0] != cat.num_items:
         raise DataError(f"model has {item_emb.shape[0]} items, split has {cat.num_items}",
                         path=paths.split_dir / "vocab.json")
-    tower = trace_user_tower(model, max_len, len(cat.profile_fields), cat.num_items)
-    paths.bundles_dir.mkdir(parents=True, exist_ok=True)
-    staging = paths.bundles_dir / f".staging-{variant}"
-    with atomic_dir(staging) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(tower, str(tmp / "user_tower.pt"))
+    bundles = paths.bundles_dir
+    bundles.mkdir(parents=True, exist_ok=True)
+    tmp = apply_umask(Path(tempfile.mkdtemp(prefix=f".staging-{variant}-", dir=bundles)))
+    try:
+        B.save_weights(model, tmp / B.WEIGHTS)
         np.save(tmp / "item_embeddings.npy", item_emb.numpy().astype(np.float32))
         index_dir = paths.index_dir / variant
         if (index_dir / "index.faiss").exists():
             load_index(index_dir)  # validates index and id map agree
             for name in ("index.faiss", "item_ids.npy", "index.json"):
-                shutil.copy2(index_dir / name, tmp / name)
+                shutil.copyfile(index_dir / name, tmp / name)  # copyfile: new files get the umask's mode
         else:
             import faiss
 
@@ -246,28 +212,50 @@ def build_bundle(variant: str, paths: ExportPaths, params: dict[str, Any], metri
             np.save(tmp / "item_ids.npy", rows)
             write_json(tmp / "index.json", {"factory": used, "nprobe": 1, "ef_search": 16,
                                             "note": "built by export: no build_index output found"})
-        shutil.copy2(paths.split_dir / "items.parquet", tmp / "items.parquet")
-        shutil.copy2(paths.split_dir / "vocab.json", tmp / "vocab.json")
-        files = {name: sha256_file(tmp / name) for name in BUNDLE_FILES}
+        shutil.copyfile(paths.split_dir / "items.parquet", tmp / "items.parquet")
+        shutil.copyfile(paths.split_dir / "vocab.json", tmp / "vocab.json")
         ident = {"model": variant, "arch": arch_of(model), "hparams": dict(model.config), "max_len": max_len,
-                 "exclude_history": exclude_history, "data_version": version,
-                 "params": (params.get("models") or {}).get(variant, {})}
-        h = hashlib.sha256(json.dumps({"files": files, "ident": ident}, sort_keys=True, default=str).encode())
-        content_hash = h.hexdigest()
-        name = f"{variant}-{content_hash[:12]}"
+                 "exclude_history": exclude_history, "data_version": version}
+        ident = json.loads(json.dumps(ident, default=str))  # the JSON form the manifest will hold
+        content_hash = B.content_hash({n: sha256_file(tmp / n) for n in B.HASHED_FILES}, ident)
+        final = bundles / f"{variant}-{content_hash[:12]}"
+        if final.is_dir():
+            try:
+                if B.verify(final)["content_hash"] == f"sha256:{content_hash}":
+                    return final  # the same model: a re-export is a no-op
+            except DataError:
+                pass  # a damaged copy: replaced below
+        try:
+            onnx_max_diff = B.export_onnx(model, tmp / B.ONNX_TOWER, max_len=max_len,
+                                          num_profile_fields=len(cat.profile_fields), num_items=cat.num_items)
+        except ValueError as exc:
+            raise DataError(f"model {variant!r}: {exc}", path=model_path) from None
+        files, sizes = B.describe_files(tmp)
         manifest = {
-            "name": name, **ident,
+            "format": B.FORMAT, "name": final.name, **ident,
+            "params": (params.get("models") or {}).get(variant, {}),
             "params_sections": {k: params.get(k) for k in ("evaluate", "index", "export", "gates")},
-            "metrics": metrics, "gate": gate, "libraries": library_versions(), "files": files,
+            "metrics": metrics, "gate": gate, "libraries": library_versions(), "files": files, "sizes": sizes,
             "content_hash": f"sha256:{content_hash}",
+            "onnx": {"file": B.ONNX_TOWER, "opset": _onnx_opset(tmp / B.ONNX_TOWER),
+                     "max_abs_diff_vs_eager": onnx_max_diff, "inputs": ["history", "mask", "profile"],
+                     "outputs": ["interests", "interest_mask"], "dynamic": ["batch", "history length"]},
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        write_json(tmp / "manifest.json", manifest)
-    final = paths.bundles_dir / name
-    from components.io import replace_dir
-
-    replace_dir(staging, final)
+        write_json(tmp / B.MANIFEST, manifest)
+        B.verify(tmp)
+        replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _onnx_opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def read_champion(bundles_dir: Path) -> dict[str, Any] | None:

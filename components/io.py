@@ -55,13 +55,33 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     """
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = apply_umask(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent)))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out_dir)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc/self/status``; elsewhere set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, hence only the fallback
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> Path:
+    """Give a folder made by ``tempfile.mkdtemp`` (always 0700) the mode a plain ``mkdir`` would have:
+    0o777 minus the umask, so a server running as another user can read the outputs the umask allows."""
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
 
 
 def replace_dir(src: Path, dst: Path) -> None:

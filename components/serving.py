@@ -1,7 +1,8 @@
 """Serving: answer recommendation requests from an exported bundle, and assign users to A/B arms.
 
-:class:`Recommender` loads a bundle written by :mod:`components.export` (TorchScript user tower, item
-embeddings, vocabularies, optional faiss index) and answers
+:class:`Recommender` loads a bundle written by :mod:`components.export` (format 2, :mod:`components.bundle`:
+safetensors weights, ONNX user tower, item embeddings, vocabularies, faiss index — every file's sha256 checked
+by :func:`components.bundle.verify` before anything is read, nothing executable loaded) and answers
 ``recommend(history_item_ids, profile, n, diversity_lambda=0.0) -> [(item_id, score), ...]`` with exactly the
 maths of :mod:`components.evaluate`: the same padding (:func:`components.retrieval.pad_histories`), the same
 retrieval (:func:`components.retrieval.retrieve`), the same history exclusion — so its answers for a
@@ -17,7 +18,14 @@ Request handling (choices the papers leave open):
 - malformed requests raise :class:`RequestError` (a ``ValueError``) with a message naming the argument;
 - ``n`` larger than the catalogue returns the whole catalogue; items excluded as history are never returned;
 - with ``use_index=True`` and λ = 0 retrieval goes through the bundle's faiss index (the approximate path
-  for huge catalogues); λ > 0 always uses exact per-interest retrieval (Algorithm 2 needs its candidates).
+  for huge catalogues); λ > 0 always uses exact per-interest retrieval (Algorithm 2 needs its candidates);
+- ``backend="torch"`` (default) rebuilds the user tower from the project's model classes and the bundle's
+  safetensors weights; ``backend="onnx"`` runs the bundle's ``user_tower.onnx`` in ONNX Runtime (the same
+  interests within 1e-5, checked at export; lists can differ only where two scores are that close).
+
+Thread safety: one ``Recommender`` may serve many threads at once. Requests share only read-only state
+(tensors, tables, the tower in eval mode, an ONNX Runtime session — ``run`` is thread-safe); ``stats`` is
+updated under a lock once per call, and the lazily packed item tables are filled under the same lock.
 
 The single-user exact path (λ = 0, no index) is the latency-critical one and has its own code,
 :meth:`Recommender._exact_one`, with the same answer as :func:`components.retrieval.topn` (tested against
@@ -43,7 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
+import threading
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -51,7 +59,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from components.io import DataError, read_json
+from components.io import DataError, read_json, read_parquet
 
 
 class RequestError(ValueError):
@@ -59,7 +67,7 @@ class RequestError(ValueError):
 
 
 class Recommender:
-    """Recommendations from one bundle. Not thread-safe (``stats`` is a plain dict)."""
+    """Recommendations from one bundle; safe to call from several threads (see the module docstring)."""
 
     def __init__(self, *, tower, item_emb, item_ids: np.ndarray, item_category: np.ndarray,
                  train_count: np.ndarray, profile_fields: list[str], profile_values: dict[str, list[str]],
@@ -82,7 +90,9 @@ class Recommender:
         self.exclude_history = bool(exclude_history)
         self.manifest = manifest or {}
         self.index, self.row_items = index, row_items
+        self.backend = "torch"  # what runs the tower: "torch" or "onnx" (set by load)
         self.stats = {"requests": 0, "unknown_items": 0, "unknown_profile_values": 0, "fallbacks": 0}
+        self._lock = threading.Lock()  # guards stats and _packed
         self._packed: dict[int, Any] = {}  # rows -> MKL-packed item table, or None where packing is unusable
 
     @property
@@ -91,37 +101,47 @@ class Recommender:
 
     # --------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, bundle_dir: str | Path, *, use_index: bool = False) -> "Recommender":
-        """Load a bundle folder (see :mod:`components.export`); DataError naming a missing/broken file."""
-        import pandas as pd
+    def load(cls, bundle_dir: str | Path, *, use_index: bool = False, backend: str = "torch",
+             onnx_threads: int | None = None) -> "Recommender":
+        """Load a bundle folder (format 2, see :mod:`components.bundle`), verified first.
+
+        Args:
+            bundle_dir: the bundle folder.
+            use_index: serve λ = 0 requests through the bundle's faiss index.
+            backend: "torch" (the model rebuilt from the project's classes + safetensors weights) or "onnx"
+                (``user_tower.onnx`` in ONNX Runtime).
+            onnx_threads: ONNX Runtime intra-op threads; None = ``torch.get_num_threads()``.
+        Raises:
+            DataError: an unknown format, a missing, unexpected, truncated or altered file (named), or a
+                file that does not parse as its data format.
+            ValueError: an unknown backend.
+        """
         import torch
 
+        from components import bundle as B
+
+        if backend not in B.BACKENDS:
+            raise ValueError(f"backend must be one of {B.BACKENDS}, got {backend!r}")
         bundle_dir = Path(bundle_dir)
-        manifest = read_json(bundle_dir / "manifest.json")
-        vocab = read_json(bundle_dir / "vocab.json")
-        for name in ("user_tower.pt", "item_embeddings.npy", "items.parquet"):
-            if not (bundle_dir / name).exists():
-                raise DataError("file not found", path=bundle_dir / name)
-        try:
-            with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated
-                warnings.simplefilter("ignore", DeprecationWarning)
-                tower = torch.jit.load(str(bundle_dir / "user_tower.pt"), map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - name the file
-            raise DataError(f"not a TorchScript module ({exc})", path=bundle_dir / "user_tower.pt") from None
-        tower.eval()
-        emb = torch.from_numpy(np.load(bundle_dir / "item_embeddings.npy")).float().contiguous()
+        manifest = B.verify(bundle_dir)  # before anything else of the bundle is read
+        vocab = read_json(bundle_dir / "vocab.json", required=("num_items",))
         num_items = int(vocab["num_items"])
-        if emb.shape[0] != num_items:
-            raise DataError(f"{emb.shape[0]} embedding rows for {num_items} items",
-                            path=bundle_dir / "item_embeddings.npy")
-        items = pd.read_parquet(bundle_dir / "items.parquet")
+        emb = B.load_item_table(bundle_dir, num_items)
+        items = read_parquet(bundle_dir / "items.parquet", ["item_idx", "item_id", "category_idx", "train_count"])
         ids = np.full(num_items, "", dtype=object)
         cats = np.zeros(num_items, dtype=np.int64)
         counts = np.zeros(num_items, dtype=np.int64)
         idx = items["item_idx"].to_numpy(np.int64)
+        if len(idx) and (idx.min() < 1 or idx.max() >= num_items):
+            raise DataError(f"item_idx outside [1, {num_items})", path=bundle_dir / "items.parquet",
+                            column="item_idx")
         ids[idx] = items["item_id"].astype(str).to_numpy(dtype=object)
         cats[idx] = items["category_idx"].to_numpy(np.int64)
         counts[idx] = items["train_count"].to_numpy(np.int64)
+        if backend == "torch":
+            tower = B.tower_module(B.load_model(bundle_dir, manifest))
+        else:
+            tower = B.OnnxTower(bundle_dir / B.ONNX_TOWER, threads=onnx_threads or torch.get_num_threads())
         index = row_items = None
         if use_index:
             from components.build_index import load_index
@@ -132,6 +152,7 @@ class Recommender:
                   profile_values=dict(vocab.get("profile_values", {})), max_len=int(manifest["max_len"]),
                   exclude_history=bool(manifest.get("exclude_history", True)), manifest=manifest,
                   index=index, row_items=row_items)
+        rec.backend = backend
         if index is None:
             rec.warm_up()
         return rec
@@ -167,16 +188,19 @@ class Recommender:
             raise RequestError("profiles must be a list with one entry (mapping or None) per history")
         n = self._check_n(n)
         lam = self._check_lambda(diversity_lambda)
-        encoded = [self._encode_history(h) for h in histories]
-        prof = torch.tensor([self._encode_profile(p) for p in profiles], dtype=torch.long).reshape(
+        counts = {"requests": len(histories), "unknown_items": 0, "unknown_profile_values": 0, "fallbacks": 0}
+        encoded = [self._encode_history(h, counts) for h in histories]
+        prof = torch.tensor([self._encode_profile(p, counts) for p in profiles], dtype=torch.long).reshape(
             len(histories), len(self.profile_fields))
-        self.stats["requests"] += len(histories)
         results: list[list[tuple[str, float]] | None] = [None] * len(histories)
         live = [b for b, h in enumerate(encoded) if h]
         for b, h in enumerate(encoded):
             if not h:
-                self.stats["fallbacks"] += 1
+                counts["fallbacks"] += 1
                 results[b] = [(str(self.item_ids[k]), float(self.train_count[k])) for k in self.popular[:n]]
+        with self._lock:  # a well-formed request is counted once, whole
+            for key, value in counts.items():
+                self.stats[key] += value
         if live:
             hists = [encoded[b] for b in live]
             history, mask = pad_histories(hists, self.max_len)
@@ -238,9 +262,7 @@ class Recommender:
         rows = max(v.shape[0], _MIN_ROWS)
         if rows > v.shape[0]:
             v = torch.cat([v, v.new_zeros(rows - v.shape[0], v.shape[1])])
-        if rows not in self._packed:
-            self._packed[rows] = pack_item_table(self.item_emb, rows)
-        packed = self._packed[rows]
+        packed = self._packed_table(rows)
         if packed is None:
             out = torch.matmul(v, self.item_emb.T)
         else:
@@ -249,7 +271,7 @@ class Recommender:
 
     def warm_up(self, num_interests: int | None = None) -> None:
         """Pack the item table for ``num_interests`` rows (default: the tower's K) and run the tower once,
-        so the first request does not pay for packing and TorchScript's profiling runs."""
+        so the first request does not pay for packing or the tower's first-call allocations."""
         import torch
 
         from components.retrieval import pad_histories
@@ -261,12 +283,20 @@ class Recommender:
         with torch.no_grad():
             for _ in range(3):
                 interests, _ = self.tower(history, mask, prof)
-        rows = max(int(num_interests or interests.shape[1]), _MIN_ROWS)
-        if rows not in self._packed:
-            self._packed[rows] = pack_item_table(self.item_emb, rows)
+        self._packed_table(max(int(num_interests or interests.shape[1]), _MIN_ROWS))
+
+    def _packed_table(self, rows: int):
+        """The item table packed for ``rows`` query rows (made once, under the lock), or None."""
+        packed = self._packed.get(rows, _MISSING)
+        if packed is _MISSING:
+            with self._lock:
+                if rows not in self._packed:
+                    self._packed[rows] = pack_item_table(self.item_emb, rows)
+                packed = self._packed[rows]
+        return packed
 
     # ------------------------------------------------------------------------------------------ validation
-    def _encode_history(self, history: Any) -> list[int]:
+    def _encode_history(self, history: Any, counts: dict[str, int]) -> list[int]:
         if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
             raise RequestError(f"history_item_ids must be a list of item ids, got {type(history).__name__}")
         out = []
@@ -276,12 +306,12 @@ class Recommender:
                                    f"{type(item).__name__} {item!r}")
             k = self.index_of.get(str(item))
             if k is None:
-                self.stats["unknown_items"] += 1
+                counts["unknown_items"] += 1
             else:
                 out.append(k)
         return out
 
-    def _encode_profile(self, profile: Any) -> list[int]:
+    def _encode_profile(self, profile: Any, counts: dict[str, int]) -> list[int]:
         if profile is None:
             return [0] * len(self.profile_fields)
         if not isinstance(profile, Mapping):
@@ -297,7 +327,7 @@ class Recommender:
                 continue
             j = self.profile_index[f].get(str(value), 0)
             if j == 0:
-                self.stats["unknown_profile_values"] += 1
+                counts["unknown_profile_values"] += 1
             out.append(j)
         return out
 
@@ -315,6 +345,7 @@ class Recommender:
 
 # ------------------------------------------------------------------------------------------ exact helpers
 NEG_INF = float("-inf")
+_MISSING = object()
 _BLOCK = 256  # items per block of the top-n threshold (block_topn)
 _MIN_ROWS = 4  # the single-user score block is padded to at least this many rows (Recommender._scores)
 # MKL's packed buffer reserves ~10x the table in address space (only ~1x is touched: +25 MB RSS for a
