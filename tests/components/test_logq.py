@@ -2,9 +2,9 @@
 
 ``test_override_and_log_q_sampler_path`` only checks that a log-uniform run gives a finite loss, so a trainer
 that silently dropped the correction passed. Here ``components.train.run`` trains a real model with the
-``popularity`` sampler; ``make_task`` is wrapped (the real one is called) only to keep a handle on the task
-and the sampler it was given. After training, the task's own ``training_step`` is run on a fixed batch, and
-its loss is compared with a sampled softmax computed by hand in numpy:
+``popularity`` sampler; after training, the task's own ``training_step`` (the LightningModule ``run`` fitted,
+with the sampler and log-Q table it set up at fit start) is run on a fixed batch, and its loss is compared
+with a sampled softmax computed by hand in numpy:
 
     loss = mean_b -log softmax([o_b,pos - log Q(pos_b), o_b,s - log Q(s) for the shared negatives s != pos_b])[0]
 
@@ -27,6 +27,7 @@ from test_train_data import write_tiny_split  # noqa: E402
 
 import components.train as T  # noqa: E402
 from components.train import ModelConfig, TrainConfig  # noqa: E402
+from models.loss import NegativeSampler  # noqa: E402
 
 NUM_ITEMS = 60
 
@@ -50,19 +51,21 @@ def _hand_loss(interests: np.ndarray, item_emb: np.ndarray, pos: np.ndarray, neg
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(task, sampler, split_dir) of a one-epoch ComiRec-SA run with the popularity sampler."""
+    """(task, split_dir) of a one-epoch ComiRec-SA run with the popularity sampler. ``Trainer.fit`` is
+    wrapped (the real one runs) only to keep a handle on the LightningModule that ``run`` trained."""
+    import pytorch_lightning as pl
+
     split = write_tiny_split(tmp_path_factory.mktemp("logq") / "split", num_users=60, num_items=NUM_ITEMS,
                              num_categories=4, min_len=6, max_len=14, seed=11)
     seen: dict = {}
-    real_make_task = T.make_task
+    real_fit = pl.Trainer.fit
 
-    def recording_make_task(model, sampler, **kw):
-        task = real_make_task(model, sampler, **kw)
-        seen.update(task=task, sampler=sampler, kw=kw)
-        return task
+    def recording_fit(self, model, *args, **kwargs):
+        seen["task"] = model
+        return real_fit(self, model, *args, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(T, "make_task", recording_make_task)
+    mp.setattr(pl.Trainer, "fit", recording_fit)
     try:
         cfg = TrainConfig(max_len=6, max_epochs=1, batch_size=32, num_negatives=7, patience=1,
                           progress_refresh=0, eval_batch_size=16, sampler="popularity")
@@ -70,20 +73,20 @@ def trained(tmp_path_factory):
               split, tmp_path_factory.mktemp("logq_out") / "sa", seed=5)
     finally:
         mp.undo()
-    return seen["task"], seen["sampler"], split
+    return seen["task"], split
 
 
-def test_training_step_loss_equals_hand_computed_log_q_sampled_softmax(trained):
-    task, sampler, split = trained
+def test_training_step_loss_equals_hand_computed_log_q_sampled_softmax(trained, monkeypatch):
+    task, split = trained
     drawn: list[torch.Tensor] = []
-    real_sample = sampler.sample
+    real_sample = NegativeSampler.sample
 
-    def recording_sample(num, generator=None):
-        ids = real_sample(num, generator)
+    def recording_sample(self, num, generator=None):
+        ids = real_sample(self, num, generator)
         drawn.append(ids.clone())
         return ids
 
-    sampler.sample = recording_sample
+    monkeypatch.setattr(NegativeSampler, "sample", recording_sample)  # records the negatives the step draws
     model = task.model.double()  # float64 for the comparison at 1e-6 (log Q itself is a float32 table)
     counts = np.zeros(NUM_ITEMS)
     items = pd.read_parquet(split / "items.parquet")
@@ -99,7 +102,6 @@ def test_training_step_loss_equals_hand_computed_log_q_sampled_softmax(trained):
     task.on_train_epoch_start()
     with torch.no_grad():
         loss = float(task.training_step(batch, 1))
-    sampler.sample = real_sample
     assert len(drawn) == 1
     neg = drawn[0].numpy()
 
@@ -117,11 +119,3 @@ def test_training_step_loss_equals_hand_computed_log_q_sampled_softmax(trained):
     assert abs(expected - uncorrected) > 0.1, (expected, uncorrected)  # the check can tell the two apart
     assert loss == pytest.approx(expected, abs=1e-6)
 
-
-def test_run_wires_the_popularity_sampler_with_log_q(trained):
-    """The sampler the trainer built draws from the add-one popularity distribution of the split."""
-    _, sampler, split = trained
-    items = pd.read_parquet(split / "items.parquet").sort_values("item_idx")
-    w = items["train_count"].to_numpy(np.float64) + 1.0
-    np.testing.assert_allclose(sampler.log_q(torch.tensor(items["item_idx"].to_numpy())).double().numpy(),
-                               np.log(w / w.sum()), rtol=1e-6)
