@@ -20,7 +20,7 @@ import pytest
 
 from components.config import ParamsError, from_dict
 from components.io import DataError
-from components.split import SplitConfig, assign_users, kcore, main, run, time_order
+from components.split import SplitConfig, assign_folds, assign_users, kcore, main, run, time_order
 
 OUT_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet", "users.parquet",
              "vocab.json", "stats.json")
@@ -357,6 +357,12 @@ def test_leave_one_out_layout(tmp_path, logged):
     ({"protocol": "random"}, "split.protocol"),
     ({"min_users": 5}, "'min_users'"),                          # typo
     ({"min_user_interactions": "5"}, "split.min_user_interactions"),  # wrong type
+    ({"folds": 2}, r"split\.folds must be 1 .* or >= 3"),
+    ({"folds": 0}, r"split\.folds must be"),
+    ({"folds": 3, "fold": 3}, r"split\.fold must lie in \[0, folds\) = \[0, 3\), got 3"),
+    ({"folds": 3, "fold": -1}, r"split\.fold must lie"),
+    ({"folds": 3, "protocol": "leave_one_out"}, r"split\.folds: k-fold"),
+    ({"folds": True}, r"split\.folds: expected an integer"),
 ])
 def test_bad_params(bad, key):
     with pytest.raises(ParamsError, match=key):
@@ -459,3 +465,95 @@ def test_cli_help_runs():
     res = subprocess.run([sys.executable, "-m", "components.split", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0 and "--params" in res.stdout
+
+
+# ------------------------------------------------------------------------------------ tiny data (issue 13)
+
+def tiny_log(num_users: int, length: int = 5):
+    inter = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(num_users) for k in range(length)]
+    return inter, {f"i{i}": "c" for i in range(7)}
+
+
+def test_tiny_data_refuses_an_empty_split_naming_counts_and_keys(tmp_path, capsys):
+    """4 users at 8:1:1: round(0.1 * 4) = 0 valid and 0 test users; refused, no output written."""
+    inter, cats = tiny_log(4)
+    data = write_canonical(tmp_path / "c", inter, cats)
+    with pytest.raises(DataError, match=r"interactions.parquet: the split leaves no valid / test user\(s\): "
+                                        r"4 user\(s\) after the k-core give train/valid/test = 4/0/0; "
+                                        r"raise the valid/test shares of split.ratios.*split.min_user_interactions"):
+        run(SplitConfig(min_user_interactions=2, min_item_interactions=1), data, tmp_path / "out", seed=0)
+    assert not (tmp_path / "out").exists()
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 0\nsplit:\n  min_user_interactions: 2\n  min_item_interactions: 1\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["--params", str(params), "--data", str(data), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "4/0/0" in err and "split.ratios" in err
+    # enough users for one in each split: 20 users -> 16/2/2
+    stats = run(SplitConfig(min_user_interactions=2, min_item_interactions=1),
+                write_canonical(tmp_path / "c20", *tiny_log(20)), tmp_path / "out", seed=0)
+    assert [stats["splits"][s]["users"] for s in ("train", "valid", "test")] == [16, 2, 2]
+
+
+def test_more_folds_than_users_is_refused_naming_folds(tmp_path):
+    data = write_canonical(tmp_path / "c", *tiny_log(4))
+    with pytest.raises(DataError, match=r"train/valid/test = \d/\d/\d; lower split.folds \(now 5"):
+        run(SplitConfig(min_user_interactions=2, min_item_interactions=1, folds=5, fold=4), data,
+            tmp_path / "out", seed=0)
+
+
+# ---------------------------------------------------------------------------------------- k-fold
+
+@pytest.mark.parametrize("num_users,k", [(10, 3), (31, 4), (100, 5), (7, 7)])
+def test_folds_cover_every_user_once_as_test_and_once_as_valid(num_users, k):
+    codes = [assign_folds(num_users, k, f, seed=11) for f in range(k)]
+    tests = [set(np.flatnonzero(c == 2).tolist()) for c in codes]
+    valids = [set(np.flatnonzero(c == 1).tolist()) for c in codes]
+    test_count = Counter(u for t in tests for u in t)
+    valid_count = Counter(u for v in valids for u in v)
+    assert test_count == valid_count == Counter({u: 1 for u in range(num_users)})
+    for f in range(k):
+        assert not tests[f] & valids[f]
+        assert valids[f] == tests[(f + 1) % k]  # fold f's valid users are fold f+1's test users
+        train = set(np.flatnonzero(codes[f] == 0).tolist())
+        assert train == set(range(num_users)) - tests[f] - valids[f] and train
+        for g in range(f + 1, k):
+            assert not tests[f] & tests[g]  # the folds are disjoint
+    sizes = sorted(len(t) for t in tests)
+    assert sizes[-1] - sizes[0] <= 1 and sum(sizes) == num_users
+
+
+def test_folds_deterministic_by_seed():
+    a = assign_folds(50, 5, 2, seed=3)
+    assert np.array_equal(a, assign_folds(50, 5, 2, seed=3))
+    assert not np.array_equal(a, assign_folds(50, 5, 2, seed=4))
+
+
+def test_folds_end_to_end(tmp_path, logged):
+    """3 folds through run(): users.parquet agrees with the files, each user tests once, same seed same bytes."""
+    test_users, valid_users = Counter(), Counter()
+    for f in range(3):
+        cfg = SplitConfig(min_user_interactions=3, min_item_interactions=4, folds=3, fold=f)
+        stats = run(cfg, logged["data"], tmp_path / f"f{f}", seed=7)
+        out = load_out(tmp_path / f"f{f}")
+        assert stats["folds"] == 3 and stats["fold"] == f
+        by_split = {s: {r["user_id"] for r in out["users"] if r["split"] == s} for s in ("train", "valid", "test")}
+        for s in ("valid", "test"):
+            assert {out["user_id"][r["user_idx"]] for r in out[s]} == by_split[s]
+        test_users.update(by_split["test"])
+        valid_users.update(by_split["valid"])
+    everyone = {r["user_id"] for r in logged["users"]}
+    assert test_users == valid_users == Counter({u: 1 for u in everyone})
+    run(SplitConfig(min_user_interactions=3, min_item_interactions=4, folds=3, fold=1), logged["data"],
+        tmp_path / "again", seed=7)
+    assert digests(tmp_path / "again") == digests(tmp_path / "f1")
+
+
+def test_one_fold_is_exactly_the_ratio_split(tmp_path, logged):
+    """folds: 1 (the default) writes the same bytes as before the key existed, stats.json included."""
+    run(SplitConfig(min_user_interactions=3, min_item_interactions=4, folds=1, fold=0), logged["data"],
+        tmp_path / "one", seed=7)
+    assert digests(tmp_path / "one") == digests(logged["out"])
+    assert "folds" not in logged["stats"]
+    code = assign_users(len(logged["users"]), (0.8, 0.1, 0.1), seed=7)
+    assert [r["split"] for r in logged["users"]] == [("train", "valid", "test")[c] for c in code]
