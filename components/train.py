@@ -6,7 +6,7 @@ Reads ``seed``, the ``train`` section and ``models.<variant>`` of params.yaml. T
 ``harder_negatives``, ``attention_pow`` and any key of the ``train`` section (a per-model override, e.g.
 ``lr``) are the trainer's; every other key goes to ``models.build_model``.
 
-Training (one thin LightningModule, :class:`RetrievalTask`): every prefix of a train user's sequence predicts
+Training (one thin LightningModule, ``components.task.RetrievalTask``): every prefix of a train user's sequence predicts
 its next item (components/train_data.py); the loss is the sampled softmax of models/loss.py (MIND eqs.
 10–11, ComiRec eqs. 9–10, UMI eq. 13 with ``harder_negatives``) with ``num_negatives`` negatives shared by
 the batch, drawn by the configured sampler. Adam(lr, weight_decay). After every epoch, Recall@50 on the
@@ -14,7 +14,8 @@ validation users (history truncated to ``max_len``, the whole history excluded f
 from ``valid.parquet``, retrieval by components.retrieval.topn) drives EarlyStopping and ModelCheckpoint.
 
 Outputs (written on global rank 0 only, into a temporary directory renamed onto ``out_dir`` at the end):
-``best.ckpt`` (Lightning checkpoint of the best epoch), ``model.pt`` (``models.save_model`` of the best
+``best.ckpt`` (Lightning checkpoint of the best epoch; ``RetrievalTask.load_from_checkpoint(path)`` rebuilds
+the task and its model from it alone), ``model.pt`` (``models.save_model`` of the best
 weights; ``extra`` holds the vocabulary sizes, ``max_len``, the training config and the best validation
 recall), ``logs/metrics.csv`` (one row per epoch: ``epoch, step, train/loss, val/recall@50``; DVC plots) and
 ``train.json`` (best validation recall, epochs run, samples/s, seconds/epoch, peak memory).
@@ -31,6 +32,10 @@ Choices the papers and the issue leave open:
   per-rank sums of recall and user counts are all-reduced, so the value is exactly the full-set mean.
 - MostPopular has nothing to fit: it counts (``train_count``), is scored on the validation users by the
   same code, and writes the same four outputs (one "epoch").
+- Divergence: a nan/inf loss or weight stops the run with :class:`TrainingDiverged` (a ParamsError: the CLI
+  exits 2 naming the variant, epoch, step and ``train.lr``); nothing is written, ``out_dir`` stays as it was.
+- Trainer overrides on the command line: ``--trainer.KEY VALUE`` for the keys in :data:`TRAINER_FLAGS`
+  (``--help``); the progress bar is drawn only on a terminal (else one line per epoch on stderr).
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -93,7 +99,11 @@ class TrainConfig:
     eval_batch_size: int = 512
     """validation users scored per batch."""
     progress_refresh: int = 20
-    """progress bar refresh rate in steps (0 = no progress bar)."""
+    """progress bar refresh rate in steps (0 = no progress bar). The bar is drawn only when stdout is a
+    terminal; otherwise (a log file, CI, a pod) one line per epoch goes to stderr instead."""
+    logger: Literal["csv", "tensorboard", "mlflow"] = "csv"
+    """experiment logger beside the CSV one (logs/metrics.csv is always written): csv = only that;
+    tensorboard (logs/tensorboard/) and mlflow ($MLFLOW_TRACKING_URI, else logs/mlruns/) need their package."""
     deterministic: bool = True
     """Lightning ``deterministic``: use deterministic algorithms (same params + data -> same metrics)."""
     num_threads: int = 1
@@ -140,6 +150,94 @@ class TrainConfig:
 
 #: ``train`` keys a model variant may override
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "models")
+
+#: ``train`` keys the CLI accepts as ``--trainer.KEY VALUE`` (how the run executes, not what the model is)
+TRAINER_FLAGS = ("max_epochs", "accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers",
+                 "num_threads", "deterministic", "progress_refresh", "logger", "patience")
+
+#: the package each optional logger needs (any one of them)
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+class TrainingDiverged(ParamsError):
+    """The loss or the weights became nan/inf: nothing was written (the CLI exits with status 2)."""
+
+
+def _diverged_message(what: str, cfg: "TrainConfig", model: "ModelConfig") -> str:
+    lr_key = f"models.{model.name}.lr" if "lr" in model.overrides else "train.lr"
+    return (f"models.{model.name} ({model.arch}): training diverged: {what}; the output directory was left as "
+            f"it was. Lower {lr_key} (now {cfg.lr:g}), or check train.weight_decay ({cfg.weight_decay:g}) "
+            f"and train.precision ({cfg.precision})")
+
+
+def progress_bar_enabled(refresh: int, stream: Any) -> bool:
+    """Draw Lightning's progress bar only when ``refresh`` > 0 and ``stream`` is a terminal: in a log file
+    its carriage-return updates pile up into one huge line."""
+    try:
+        return refresh > 0 and bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def check_logger(logger: str) -> None:
+    """ParamsError naming ``train.logger`` when the chosen logger's package is not installed."""
+    import importlib.util
+
+    if logger == "csv":
+        return
+    if not any(importlib.util.find_spec(m) is not None for m in LOGGER_PACKAGES[logger]):
+        raise ParamsError(f"train.logger: {logger!r} needs the {' or '.join(LOGGER_PACKAGES[logger])} package, "
+                          f"which is not installed (pip install {LOGGER_PACKAGES[logger][0]}; it is not in "
+                          "requirements.lock); use 'csv'")
+
+
+def make_loggers(logger: str, staging: Path, variant: str, seed: int) -> list:
+    """CSVLogger (logs/metrics.csv) plus the optional ``train.logger``."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    out = [CSVLogger(save_dir=staging, name="logs", version="")]
+    check_logger(logger)
+    if logger == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        out.append(TensorBoardLogger(save_dir=staging / "logs", name="tensorboard", version=""))
+    elif logger == "mlflow":
+        from pytorch_lightning.loggers import MLFlowLogger
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (staging / "logs" / "mlruns").absolute().as_uri()
+        out.append(MLFlowLogger(experiment_name=variant, run_name=f"{variant}-seed{seed}", tracking_uri=uri))
+    return out
+
+
+def parse_trainer_flags(tokens: list[str]) -> dict[str, Any]:
+    """``["--trainer.max_epochs", "2", "--trainer.precision=bf16-mixed"]`` -> ``{"max_epochs": 2, ...}``.
+
+    Values are read as YAML scalars (``2`` -> int, ``false`` -> bool, ``auto`` -> str). Raises ParamsError
+    naming the flag for anything else: a key outside :data:`TRAINER_FLAGS`, a missing value, a stray token.
+    Types and ranges are checked afterwards by the TrainConfig loader.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--trainer."):
+            raise ParamsError(f"unrecognized argument {tok!r} (trainer overrides are --trainer.KEY VALUE)")
+        key, eq, value = tok[len("--trainer."):].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ParamsError(f"--trainer.{key}: missing value")
+            value, i = tokens[i + 1], i + 1
+        if key not in TRAINER_FLAGS:
+            raise ParamsError(f"--trainer.{key}: not a trainer override (allowed: {', '.join(TRAINER_FLAGS)}); "
+                              "other keys belong in params.yaml")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key] = value
+        i += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -234,92 +332,24 @@ def _retrieval_recall(model, batch: dict, item_emb, n: int):
 def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, weight_decay: float,
               attention_pow: float | None, harder_negatives: bool, log_q: bool, in_batch: bool,
               batch_sampler_q, seed: int, show_every: int = 20):
-    """The LightningModule around ``model`` (Lightning is imported here, not at module import)."""
-    import pytorch_lightning as pl
-    import torch
+    """A :class:`components.task.RetrievalTask` around an already built ``model`` and samplers (kept for
+    callers that build their own, e.g. benchmarks/speed.py with a padded catalogue).
 
-    from models.loss import sampled_softmax_loss
+    ``log_q`` must be ``sampler.kind != "uniform"`` (what the task derives from its sampler setting).
+    """
+    import models as M
+    from components.task import RetrievalTask
 
-    class RetrievalTask(pl.LightningModule):
-        """Sampled-softmax training and validation Recall@50 of one retrieval model (see module docstring)."""
-
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self._gen = None
-            # running sums, kept on the training device (no host sync per step) in a plain dict (no
-            # nn.Module.__setattr__ per step): train loss * samples, samples, recall sum, users
-            self._sums: dict[str, torch.Tensor] = {}
-
-        def _zero(self, *keys: str) -> None:
-            for k in keys:
-                self._sums[k] = torch.zeros((), dtype=torch.float64, device=self.device)
-
-        def on_fit_start(self):
-            self._gen = torch.Generator().manual_seed(seed * 1_000_003 + self.global_rank)
-            # log Q of every item, once, on the training device (index 0 = padding = -inf, never drawn)
-            all_ids = torch.arange(num_items)
-            self._log_q = sampler.log_q(all_ids).to(self.device) if log_q else None
-            self._batch_log_q = batch_sampler_q.log_q(all_ids).to(self.device) if in_batch else None
-
-        def on_train_epoch_start(self):
-            self._zero("loss", "samples")
-
-        def training_step(self, batch, batch_idx):
-            interests, interest_mask = self.model.user_interests(batch["history"], batch["mask"],
-                                                                 batch["profile"])  # (B, K, D), (B, K)
-            pos = batch["target"]                                                      # (B,)
-            neg = sampler.sample(num_negatives, self._gen).to(pos.device)              # (S,)
-            ids = torch.cat([pos, neg])
-            emb = self.model.item_embeddings(ids)                                      # (B + S, D)
-            pos_emb, neg_emb = emb[: len(pos)], emb[len(pos):]
-            kw = {}
-            if log_q:
-                kw = {"pos_log_q": self._log_q[pos], "neg_log_q": self._log_q[neg]}
-            if in_batch:
-                kw["in_batch"] = True
-                kw["batch_log_q"] = self._batch_log_q[pos]
-            loss = sampled_softmax_loss(interests, interest_mask, pos, pos_emb, neg, neg_emb,
-                                        attention_pow=attention_pow, harder_negatives=harder_negatives, **kw)
-            self._sums["loss"] += loss.detach().double() * len(pos)
-            self._sums["samples"] += len(pos)
-            if show_every and batch_idx % show_every == 0:
-                # the progress bar's running loss; not every step: each self.log walks Lightning's result
-                # collection (measured ~1/3 of Lightning's per-step overhead)
-                self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False,
-                         batch_size=len(pos))
-            return loss
-
-        def on_validation_epoch_start(self):
-            self._zero("recall", "users")
-            ids = torch.arange(num_items, device=self.device)
-            self._item_emb = self.model.item_embeddings(ids)  # (N, D), once per validation
-
-        def validation_step(self, batch, batch_idx):
-            s, c = _retrieval_recall(self.model, batch, self._item_emb, VAL_TOPN)
-            self._sums["recall"] += s
-            self._sums["users"] += c
-
-        def on_validation_epoch_end(self):
-            keys = ("recall", "users", "loss", "samples")
-            if "loss" not in self._sums:  # validation without a training epoch before it
-                self._zero("loss", "samples")
-            totals = torch.stack([self._sums[k] for k in keys])
-            totals = self.trainer.strategy.reduce(totals, reduce_op="sum").cpu()  # exact across ranks
-            self._item_emb = None
-            metrics = {MONITOR: float(totals[0] / totals[1])}
-            if totals[3] > 0:
-                metrics["train/loss"] = float(totals[2] / totals[3])
-            # identical on every rank after the all-reduce; sync_dist (a mean of equal values) only silences
-            # Lightning's epoch-level DDP warning and keeps EarlyStopping's view the same everywhere
-            self.log_dict(metrics, prog_bar=True, sync_dist=True)
-
-        def configure_optimizers(self):
-            # fused: one kernel for all parameters (4x cheaper step on CPU than the per-tensor loop)
-            fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
-            return torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-
-    return RetrievalTask()
+    if log_q != (sampler.kind != "uniform"):
+        raise ValueError(f"log_q={log_q} with a {sampler.kind!r} sampler: log-Q goes with the non-uniform samplers")
+    if int(model.config["num_items"]) != num_items:
+        raise ValueError(f"num_items {num_items} != the model's {model.config['num_items']}")
+    task = RetrievalTask(arch=M.arch_of(model), model_hparams=dict(model.config), num_negatives=num_negatives,
+                         lr=lr, weight_decay=weight_decay, sampler=sampler.kind, in_batch_negatives=in_batch,
+                         attention_pow=attention_pow, harder_negatives=harder_negatives, seed=seed,
+                         show_every=show_every, model=model)
+    task.sampler, task.batch_sampler = sampler, batch_sampler_q
+    return task
 
 
 def make_timer():
@@ -391,7 +421,9 @@ def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *,
     Returns:
         the train.json summary (on every rank; only rank 0 writes files).
     Raises:
-        DataError: unusable split files. ParamsError: bad hyper-parameters for the arch.
+        DataError: unusable split files. ParamsError: bad hyper-parameters for the arch, a logger whose
+        package is missing. TrainingDiverged (a ParamsError): the loss or the weights became nan/inf
+        (``out_dir`` is left byte-identical).
     """
     import pytorch_lightning as pl
     import torch
@@ -401,6 +433,7 @@ def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *,
 
     cfg = model.train_config(cfg)
     cfg.check_accelerator()
+    check_logger(cfg.logger)
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -446,20 +479,18 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger
 
     import models as M
+    from components.task import EpochSummary, NonFiniteTraining, RetrievalTask
     from components.train_data import SplitDataModule
-    from models.loss import NegativeSampler
 
-    sampler_counts = meta.item_counts if cfg.sampler != "uniform" else meta.num_items
-    sampler = NegativeSampler(cfg.sampler, sampler_counts)
-    task = make_task(net, sampler, num_items=meta.num_items, num_negatives=cfg.num_negatives, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay, attention_pow=model.attention_pow,
-                     harder_negatives=model.harder_negatives, log_q=cfg.sampler != "uniform",
-                     in_batch=cfg.in_batch_negatives,
-                     batch_sampler_q=NegativeSampler("popularity", meta.item_counts), seed=seed,
-                     show_every=cfg.progress_refresh)
+    show_bar = progress_bar_enabled(cfg.progress_refresh, sys.stdout)
+    task = RetrievalTask(arch=model.arch, model_hparams=dict(net.config), num_negatives=cfg.num_negatives,
+                         lr=cfg.lr, weight_decay=cfg.weight_decay, sampler=cfg.sampler,
+                         in_batch_negatives=cfg.in_batch_negatives, attention_pow=model.attention_pow,
+                         harder_negatives=model.harder_negatives, seed=seed,
+                         show_every=cfg.progress_refresh if show_bar else 0, model=net,
+                         item_counts=meta.item_counts)
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     dm = SplitDataModule(split_dir, meta, max_len=cfg.max_len, batch_size=cfg.batch_size,
                          eval_batch_size=cfg.eval_batch_size, seed=seed, num_workers=cfg.num_workers,
@@ -469,16 +500,18 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
     stopping = EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience)
     timer = make_timer()
     callbacks = [checkpoint, stopping, timer]
-    if cfg.progress_refresh > 0:
+    if show_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.progress_refresh))
+    elif cfg.progress_refresh > 0:  # not a terminal: one line per epoch instead of carriage-return updates
+        callbacks.append(EpochSummary())
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision, max_epochs=cfg.max_epochs,
         # on GPUs a few kernels have no deterministic version: warn there instead of failing the run
         deterministic=(cfg.deterministic if not on_gpu or not cfg.deterministic else "warn"),
-        logger=CSVLogger(save_dir=staging, name="logs", version=""), callbacks=callbacks,
+        logger=make_loggers(cfg.logger, staging, extra_base["variant"], seed), callbacks=callbacks,
         default_root_dir=staging, use_distributed_sampler=False, num_sanity_val_steps=0,
-        enable_progress_bar=cfg.progress_refresh > 0, enable_model_summary=False, log_every_n_steps=50,
+        enable_progress_bar=show_bar, enable_model_summary=False, log_every_n_steps=50,
     )
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -486,7 +519,10 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
     with warnings.catch_warnings():
         # we log nothing per step to the logger, so Lightning's logging-interval hint is noise
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-        trainer.fit(task, datamodule=dm)
+        try:
+            trainer.fit(task, datamodule=dm)
+        except NonFiniteTraining as exc:
+            raise TrainingDiverged(_diverged_message(str(exc), cfg, model)) from None
     wall = time.perf_counter() - t0
     is_zero = trainer.is_global_zero
     best = checkpoint.best_model_score
@@ -517,6 +553,10 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
         summary["best_epoch"] = int(ckpt["epoch"])
         state = ckpt["state_dict"]
         net.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # a last guard: the loop's checks should have stopped the run before
+            raise TrainingDiverged(_diverged_message(f"non-finite weights in the best checkpoint ({', '.join(bad[:5])})",
+                                                     cfg, model))
         extra = {**extra_base, f"best_{MONITOR.replace('/', '_')}": best, "best_epoch": summary["best_epoch"]}
         M.save_model(net.cpu(), staging / "model.pt", extra=extra)
         for junk in (staging / "logs" / "hparams.yaml",):
@@ -581,17 +621,30 @@ def _fit_counts(cfg: TrainConfig, net, meta, split_dir: Path, staging: Path, ext
 
 # ------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m components.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m components.train", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="trainer overrides:\n"
+               "  --trainer.KEY VALUE   override one train key for this run (also --trainer.KEY=VALUE), applied\n"
+               "                        over train: and models.<variant>: in params; VALUE is read as YAML.\n"
+               f"                        KEY: {', '.join(TRAINER_FLAGS)}.\n"
+               "                        e.g. --trainer.max_epochs 2 --trainer.accelerator gpu --trainer.precision bf16-mixed\n"
+               "  For a run DVC tracks, change params instead: dvc exp run -S train.max_epochs=2\n"
+               "  (a flag is not a DVC param: dvc.yaml's command line never carries one).")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--model", required=True, help="model variant: a key of models: in params")
     parser.add_argument("--split", type=Path, default=Path("data/split"), help="split directory")
     parser.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
 
     def body() -> None:
+        flags = parse_trainer_flags(rest)
         params = load_params(args.params)
         cfg = section(params, "train", TrainConfig)
         variant = ModelConfig.from_params(params, args.model)
+        if flags:  # checked with the flag's name, then applied as the variant's last overrides
+            from_dict(TrainConfig, {**to_dict(variant.train_config(cfg)), **flags}, "--trainer")
+            variant = dataclasses.replace(variant, overrides={**variant.overrides, **flags})
         seed = params.get("seed")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ParamsError(f"seed: expected a non-negative integer, got {seed!r}")

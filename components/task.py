@@ -1,0 +1,205 @@
+"""The LightningModule of the train step: sampled-softmax training and validation Recall@50 of one model.
+
+:class:`RetrievalTask` is built from plain, JSON-able hyper-parameters (the arch, its constructor arguments and
+the loss / sampler settings), which ``save_hyperparameters`` records in every checkpoint, so a checkpoint
+rebuilds the task, and the model inside it, with no other input::
+
+    task = RetrievalTask.load_from_checkpoint("artifacts/models/mind/best.ckpt", map_location="cpu")
+    interests, interest_mask = task.model.user_interests(history, mask, profile)   # (B, K, D), (B, K)
+
+The training item counts (the ``popularity`` / ``log_uniform`` samplers and the log-Q of in-batch negatives)
+are data, not hyper-parameters: they are the persistent buffer ``item_counts`` of the state dict, beside the
+model's ``model.*`` weights. What the training computes is described in components/train.py's docstring.
+
+Divergence: a non-finite loss or non-finite weights raise :class:`NonFiniteTraining` (epoch, step) instead of
+training on (components.train turns it into a ParamsError naming the keys to change). A single CPU process
+checks the loss of every step (reading a CPU scalar costs no device sync) and stops at the first bad one;
+elsewhere (GPU, DDP) the per-step flags are counted on the device and checked after the epoch together with
+the validation all-reduce, so every rank stops at the same point. The weights are checked before every
+validation (they are identical on every DDP rank).
+
+Importing this module imports Lightning; components.train imports it lazily so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+import models as M
+from components.train import MONITOR, VAL_TOPN, _retrieval_recall
+from models.loss import NegativeSampler, sampled_softmax_loss
+
+
+class NonFiniteTraining(RuntimeError):
+    """The loss or the weights became nan/inf during training."""
+
+    def __init__(self, what: str, epoch: int, step: int, detail: str = ""):
+        self.what, self.epoch, self.step = what, epoch, step
+        super().__init__(f"non-finite {what} at epoch {epoch}, step {step}{detail}")
+
+
+class RetrievalTask(pl.LightningModule):
+    """Sampled-softmax training and validation Recall@50 of one retrieval model.
+
+    Args:
+        arch: a key of ``models.ARCHS``.
+        model_hparams: the constructor arguments of ``arch`` (``models.build_model``), data-derived ones included.
+        num_negatives: sampled negatives shared by the batch per step.
+        lr, weight_decay: Adam's.
+        sampler: ``uniform`` | ``popularity`` | ``log_uniform``; the last two get the log-Q correction.
+        in_batch_negatives: also use the other rows' positives as negatives (log-Q by training frequency).
+        attention_pow: label-aware attention power p; None = hard argmax selection.
+        harder_negatives: every negative scored with the interest it selects itself (UMI).
+        seed: negatives are drawn from a generator seeded by ``(seed, global rank)``.
+        show_every: log the running loss to the progress bar every this many steps (0 = never).
+        model: an already built model (its arch and config must match ``arch`` / ``model_hparams``); default:
+            built from them. Not a hyper-parameter.
+        item_counts: (num_items,) training counts by item id (needed by the non-uniform samplers and in-batch
+            negatives; restored from the state dict on ``load_from_checkpoint``). Not a hyper-parameter.
+    """
+
+    def __init__(self, *, arch: str, model_hparams: dict[str, Any], num_negatives: int = 50, lr: float = 1e-3,
+                 weight_decay: float = 0.0, sampler: str = "uniform", in_batch_negatives: bool = False,
+                 attention_pow: float | None = None, harder_negatives: bool = False, seed: int = 0,
+                 show_every: int = 0, model: nn.Module | None = None, item_counts: Any = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "item_counts"])
+        if model is None:
+            model = M.build_model(arch, **model_hparams)
+        elif M.arch_of(model) != arch or dict(model.config) != dict(model_hparams):
+            raise ValueError(f"model is a {M.arch_of(model)} with config {model.config}, "
+                             f"not the {arch} with {model_hparams} of the hyper-parameters")
+        self.model = model
+        num_items = int(model_hparams["num_items"])
+        counts = (torch.zeros(num_items, dtype=torch.long) if item_counts is None
+                  else torch.as_tensor(item_counts, dtype=torch.long))
+        if counts.shape != (num_items,):
+            raise ValueError(f"item_counts: expected shape ({num_items},), got {tuple(counts.shape)}")
+        self.register_buffer("item_counts", counts)
+        # samplers are built at fit start from item_counts unless set before (components.train.make_task)
+        self.sampler: NegativeSampler | None = None
+        self.batch_sampler: NegativeSampler | None = None
+        self._gen = None
+        self._check_every_step = False
+        # running sums, kept on the training device (no host sync per step) in a plain dict (no
+        # nn.Module.__setattr__ per step): train loss * samples, samples, non-finite steps, recall sum, users
+        self._sums: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def _zero(self, *keys: str) -> None:
+        for k in keys:
+            self._sums[k] = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def on_fit_start(self):
+        hp = self.hparams
+        num_items = int(hp.model_hparams["num_items"])
+        needs_counts = hp.sampler != "uniform" or hp.in_batch_negatives
+        counts = self.item_counts.cpu()
+        if needs_counts and self.sampler is None and int(counts.sum()) == 0:
+            raise ValueError(f"sampler {hp.sampler!r} / in_batch_negatives need item_counts (all zero)")
+        if self.sampler is None:
+            self.sampler = NegativeSampler(hp.sampler, counts if hp.sampler != "uniform" else num_items)
+        if self.batch_sampler is None and hp.in_batch_negatives:
+            self.batch_sampler = NegativeSampler("popularity", counts)
+        self._gen = torch.Generator().manual_seed(hp.seed * 1_000_003 + self.global_rank)
+        # log Q of every item, once, on the training device (index 0 = padding = -inf, never drawn)
+        all_ids = torch.arange(num_items)
+        self._log_q = self.sampler.log_q(all_ids).to(self.device) if hp.sampler != "uniform" else None
+        self._batch_log_q = (self.batch_sampler.log_q(all_ids).to(self.device) if hp.in_batch_negatives
+                             else None)
+        self._check_every_step = self.device.type == "cpu" and self.trainer.world_size == 1
+
+    def on_train_epoch_start(self):
+        self._zero("loss", "samples", "nonfinite")
+
+    # -------------------------------------------------------------------------------------------- steps
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        interests, interest_mask = self.model.user_interests(batch["history"], batch["mask"],
+                                                             batch["profile"])  # (B, K, D), (B, K)
+        pos = batch["target"]                                                      # (B,)
+        neg = self.sampler.sample(hp.num_negatives, self._gen).to(pos.device)      # (S,)
+        ids = torch.cat([pos, neg])
+        emb = self.model.item_embeddings(ids)                                      # (B + S, D)
+        pos_emb, neg_emb = emb[: len(pos)], emb[len(pos):]
+        kw = {}
+        if self._log_q is not None:
+            kw = {"pos_log_q": self._log_q[pos], "neg_log_q": self._log_q[neg]}
+        if hp.in_batch_negatives:
+            kw["in_batch"] = True
+            kw["batch_log_q"] = self._batch_log_q[pos]
+        loss = sampled_softmax_loss(interests, interest_mask, pos, pos_emb, neg, neg_emb,
+                                    attention_pow=hp.attention_pow, harder_negatives=hp.harder_negatives, **kw)
+        finite = torch.isfinite(loss.detach())
+        if self._check_every_step:
+            if not bool(finite):  # a CPU scalar: no device sync
+                raise NonFiniteTraining("loss", self.current_epoch, self.global_step, f" (loss {float(loss)})")
+        else:
+            self._sums["nonfinite"] += (~finite).double()
+        self._sums["loss"] += loss.detach().double() * len(pos)
+        self._sums["samples"] += len(pos)
+        if hp.show_every and batch_idx % hp.show_every == 0:
+            # the progress bar's running loss; not every step: each self.log walks Lightning's result
+            # collection (measured ~1/3 of Lightning's per-step overhead)
+            self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                     batch_size=len(pos))
+        return loss
+
+    def on_validation_epoch_start(self):
+        # the weights are the same on every DDP rank: every rank stops here, or none
+        params = list(self.model.parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).cpu() if params else torch.ones(0)
+        if not bool(finite.all()):
+            bad = [n for (n, _), ok in zip(self.model.named_parameters(), finite.tolist()) if not ok]
+            raise NonFiniteTraining("weights", self.current_epoch, self.global_step,
+                                    f" ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
+        self._zero("recall", "users")
+        ids = torch.arange(int(self.hparams.model_hparams["num_items"]), device=self.device)
+        self._item_emb = self.model.item_embeddings(ids)  # (N, D), once per validation
+
+    def validation_step(self, batch, batch_idx):
+        s, c = _retrieval_recall(self.model, batch, self._item_emb, VAL_TOPN)
+        self._sums["recall"] += s
+        self._sums["users"] += c
+
+    def on_validation_epoch_end(self):
+        keys = ("recall", "users", "loss", "samples", "nonfinite")
+        if "loss" not in self._sums:  # validation without a training epoch before it
+            self._zero("loss", "samples", "nonfinite")
+        totals = torch.stack([self._sums[k] for k in keys])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum").cpu()  # exact across ranks
+        self._item_emb = None
+        if totals[4] > 0:  # the same on every rank after the all-reduce: all stop here
+            raise NonFiniteTraining("loss", self.current_epoch, self.global_step,
+                                    f" ({int(totals[4])} step(s) of this epoch, counted over all ranks)")
+        metrics = {MONITOR: float(totals[0] / totals[1])}
+        if totals[3] > 0:
+            metrics["train/loss"] = float(totals[2] / totals[3])
+        # identical on every rank after the all-reduce; sync_dist (a mean of equal values) only silences
+        # Lightning's epoch-level DDP warning and keeps EarlyStopping's view the same everywhere
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        # fused: one kernel for all parameters (4x cheaper step on CPU than the per-tensor loop)
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
+        return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay, fused=fused)
+
+
+class EpochSummary(pl.Callback):
+    """One line per epoch (``epoch 3: train/loss 4.1234, val/recall@50 0.3120``) on ``stream``, rank 0 only:
+    what a log file gets instead of a progress bar when the output is not a terminal."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def on_train_epoch_end(self, trainer, pl_module):  # after this epoch's validation
+        if not trainer.is_global_zero:
+            return
+        shown = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted(trainer.callback_metrics.items())
+                          if k in ("train/loss", MONITOR))
+        print(f"epoch {trainer.current_epoch}: {shown}", file=self.stream or sys.stderr, flush=True)
