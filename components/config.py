@@ -189,6 +189,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ParamsError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # Optional[X]: X's own message names the inner key (gates.vs_prod.alpha ...)
+            raise ParamsError(errors[0])
         raise ParamsError(f"{key}: {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
         if value not in args:
