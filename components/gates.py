@@ -126,7 +126,7 @@ class VsProdRule:
             raise ValueError("margin is for rule: non_inferiority; superiority uses min_effect (set margin: null)")
         if self.rule == "non_inferiority":
             if self.margin is None or not (math.isfinite(self.margin) and 0.0 < self.margin < 1.0):
-                raise ValueError(f"rule non_inferiority needs margin in (0, 1), got {self.margin}")
+                raise ValueError(f"margin in (0, 1) is required by rule: non_inferiority, got {self.margin}")
             if self.min_effect != 0.0:
                 raise ValueError("min_effect is for rule: superiority; non_inferiority uses margin")
 
@@ -275,14 +275,14 @@ def _values(ev: Evidence, column: str, role: str, ids: np.ndarray) -> np.ndarray
         bad = [i for i, v in enumerate(raw) if not (_is_real(v) or missing[i])]
         if bad:
             raise DataError(f"{where}: {len(bad)} values are not real numbers", column=column,
-                            rows=[(ids[i], raw[i]) for i in bad])
+                            rows=[(str(ids[i]), raw[i]) for i in bad])
         values = np.array([np.nan if miss else float(v) for v, miss in zip(raw, missing)], dtype=np.float64)
     for what, mask in (("missing (None/NaN)", np.isnan(values)), ("infinite", np.isinf(values)),
                        ("outside [0, 1]", np.isfinite(values) & ((values < 0) | (values > 1)))):
         if mask.any():
             idx = np.flatnonzero(mask)
             raise DataError(f"{where}: {len(idx)} values are {what}", column=column,
-                            rows=[(ids[i], s.iloc[i]) for i in idx])
+                            rows=[(str(ids[i]), float(values[i])) for i in idx])
     return values
 
 
@@ -426,8 +426,8 @@ class Verdict:
             fig = self.figures.get(name, {})
             lines.append(f"| {name} | {role} | "
                          + " | ".join(f"{fig[m]:.4f}" if m in fig else "" for m in metrics) + " |")
-        lines += ["", "| rule | H0 / requirement | candidate | reference | mean diff | one-sided lower bound | p | threshold "
-                  "| result |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += ["", "| rule | H0 / requirement | candidate | reference | mean diff | one-sided lower bound | p "
+                  "| threshold | result |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in self.rules:
             t = r.test
             cells = [r.rule, t.hypothesis if t else f"mean >= {r.threshold:.4f}", f"{r.candidate:.4f}",
@@ -509,7 +509,7 @@ def decide(cfg: GatesConfig, candidate: Evidence, prod: Evidence | None, baselin
             raise DataError(f"{_where(ev, role)} and candidate '{candidate.name}' were not evaluated on the same "
                             f"test users: {len(missing)} of the candidate's {len(ids)} users are missing, "
                             f"{len(extra)} others are extra (a paired test needs both evaluated on the current "
-                            f"test split)", column="user_id", rows=[*missing[:3], *extra[:3]])
+                            f"test split)", column="user_id", rows=[str(u) for u in (*missing[:3], *extra[:3])])
         values = _values(ev, cfg.metric, role, other_ids)[np.argsort(other_ids, kind="stable")]
         _summary(ev, cfg.metric, role, float(values.mean()))
         ref[role] = values
