@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # machine made faiss searches several times slower (benchmarks/index.py)
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup data repro test pipeline clean help
+.PHONY: setup data repro test pipeline clean help mutation
 
 help:
 	@echo "make repro  - set up and run the whole pipeline (dvc repro)"
@@ -43,6 +43,10 @@ repro: setup data
 test: setup data
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# known bugs applied to a copy of the tree must make their tests fail (tools/mutation_check.py; not in make test)
+mutation: setup
+	$(PY) tools/mutation_check.py
 
 pipeline: setup
 	$(PY) -m pipelines.compile
