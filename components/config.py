@@ -138,16 +138,7 @@ def from_dict(cls: type[T], data: Any, prefix: str) -> T:
     except ParamsError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ParamsError(_name_key(prefix, str(exc), fields)) from None
-
-
-def _name_key(prefix: str, message: str, fields: Mapping[str, Any]) -> str:
-    """``prefix.key ...`` when a ``__post_init__`` message starts with one of the fields' names, else
-    ``prefix: message``: "lr must be > 0" from the train section reads "train.lr must be > 0"."""
-    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(?=[\s:\[])", message)
-    if m and m.group(1) in fields:
-        return f"{prefix}.{message}"
-    return f"{prefix}: {message}"
+        raise ParamsError(f"{prefix}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Any:

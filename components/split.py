@@ -89,14 +89,15 @@ class SplitConfig:
         if self.protocol == "leave_one_out" and self.min_user_interactions < 3:
             raise ValueError("min_user_interactions must be >= 3 for leave_one_out (train, valid and test "
                              f"each need an item), got {self.min_user_interactions}")
+        # ParamsError naming the full key (from_dict would only prefix "split: ")
         if self.folds < 1 or self.folds == 2:
-            raise ValueError(f"folds must be 1 (one split by ratios) or >= 3 (test fold, valid fold, train "
-                             f"folds; with 2 no fold is left to train), got {self.folds}")
+            raise ParamsError(f"split.folds must be 1 (one split by ratios) or >= 3 (test fold, valid fold, "
+                              f"train folds; with 2 no fold is left to train), got {self.folds}")
         if not 0 <= self.fold < self.folds:
-            raise ValueError(f"fold must lie in [0, folds) = [0, {self.folds}), got {self.fold}")
+            raise ParamsError(f"split.fold must lie in [0, folds) = [0, {self.folds}), got {self.fold}")
         if self.folds > 1 and self.protocol != "strong_generalization":
-            raise ValueError(f"folds: k-fold ({self.folds}) splits users, so it needs protocol "
-                             f"strong_generalization, got {self.protocol!r}")
+            raise ParamsError(f"split.folds: k-fold ({self.folds}) splits users, so it needs protocol "
+                              f"strong_generalization, got {self.protocol!r}")
         if (self.protocol == "strong_generalization"
                 and int(self.history_fraction * self.min_user_interactions) < 1):
             raise ValueError(

@@ -116,15 +116,6 @@ def test_non_finite_lr_refused_with_exit_2(tmp_path, capsys, value):
     assert exc.value.code == 2 and "train.lr" in capsys.readouterr().err
 
 
-def test_post_init_messages_name_the_full_key():
-    with pytest.raises(ParamsError, match=r"^train\.lr must be > 0"):
-        from_dict(T.TrainConfig, {"lr": 0.0}, "train")
-    with pytest.raises(ParamsError, match=r"^split\.min_item_interactions must be >= 1"):
-        from_dict(S.SplitConfig, {"min_item_interactions": 0}, "split")
-    with pytest.raises(ParamsError, match=r"^evaluate\.topn: duplicate"):
-        from_dict(E.EvaluateConfig, {"topn": [5, 5]}, "evaluate")
-
-
 # ------------------------------------------------------------------------------- checked at run time
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
