@@ -1,0 +1,202 @@
+"""Load test of the HTTP service (``python -m components.serve``): throughput and latency at concurrency 1, 8, 32.
+
+Set-up (issue 11): the 100k-item synthetic bundle of ``benchmarks/serving.py`` (MIND, K = 4 interests all
+active, D = 64, random init) exported with ``components.export.build_bundle``; the service is started as its
+own process on a free localhost port (``--bundle``, no polling) and driven over real HTTP from this process
+(httpx, asyncio; ``C`` connections each sending its next request as soon as the previous answer arrives).
+Requests: ``POST /recommend`` with a random history of 5..50 known items, n = 50, no profile.
+
+Per server configuration and concurrency level: requests/s over a fixed number of requests (after a
+warm-up), p50/p99 latency as the client sees it, and the CPU the server process used (cores = CPU seconds /
+wall seconds, from psutil) and the client's own. Configurations compared (the batcher's choices):
+``loop`` (requests taken together from the queue, answered by ``recommend`` one by one in the worker thread),
+``batch`` (one ``recommend_batch`` per group) and ``none`` (max_batch = 1: one thread hop per request).
+Targets on the 2-core box: p99 <= 25 ms at concurrency 8, >= 500 requests/s at the best level.
+
+    .venv/bin/python benchmarks/serving_http.py                          # 100k items, 2000 requests per level
+    .venv/bin/python benchmarks/serving_http.py --items 20000 --requests 300 --results /tmp/x.json  # quick
+
+Outputs: the bundle under ``benchmarks/out/serving_http/`` (ignored by git); figures printed and written to
+``benchmarks/results/serving_http.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TARGET_P99_MS_AT_8 = 25.0
+TARGET_RPS = 500.0
+
+
+def build_bundle_100k(out: Path, items: int, dim: int, interests: int, max_len: int, seed: int) -> Path:
+    """The serving benchmark's synthetic catalogue + random MIND, exported as a bundle."""
+    import torch
+
+    import models
+    from benchmarks.serving import make_catalogue
+    from components.export import ExportPaths, build_bundle
+
+    shutil.rmtree(out, ignore_errors=True)
+    split = make_catalogue(out, items, 100, seed)
+    torch.manual_seed(seed)
+    model = models.build_model("mind", num_items=items, num_categories=100, profile_cardinalities=[],
+                               max_len=max_len, dim=dim, num_interests=interests, dynamic_interests=False)
+    (out / "models" / "mind").mkdir(parents=True)
+    models.save_model(model, out / "models" / "mind" / "model.pt")
+    paths = ExportPaths(models_dir=out / "models", eval_dir=out / "eval", index_dir=out / "index",
+                        split_dir=split, bundles_dir=out / "bundles")
+    return build_bundle("mind", paths, {}, {}, {"passed": True, "note": "benchmark"}, "benchmark")
+
+
+def start_server(bundle: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "components.serve", "--bundle", str(bundle), "--port", "0",
+                             "--poll-s", "0", *extra], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    url = line.split("listening on ")[1].split()[0]
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("server never became ready")
+        time.sleep(0.1)
+
+
+async def drive(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], float]:
+    """Send every body with ``concurrency`` connections; (latencies s, wall s). Any non-200 raises."""
+    import httpx
+
+    latencies: list[float] = []
+    it = iter(bodies)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def conn():
+            for body in it:
+                t = time.perf_counter()
+                r = await client.post("/recommend", json=body)
+                latencies.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{r.status_code}: {r.text}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(conn() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return latencies, wall
+
+
+def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: int) -> dict:
+    import psutil
+
+    server = psutil.Process(pid)
+    asyncio.run(drive(url, bodies[:warmup], 8))
+    out = {}
+    for c in levels:
+        cpu0, me0 = server.cpu_times(), time.process_time()
+        lat, wall = asyncio.run(drive(url, bodies[warmup:], c))
+        cpu1, me1 = server.cpu_times(), time.process_time()
+        ms = np.asarray(lat) * 1e3
+        out[str(c)] = {"requests": len(lat), "requests_per_s": len(lat) / wall,
+                       "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                       "mean_ms": float(ms.mean()),
+                       "server_cpu_cores": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
+                       "client_cpu_cores": (me1 - me0) / wall}
+    return out
+
+
+CONFIGS = {  # name -> serve CLI flags
+    "loop": ["--batch-mode", "loop", "--max-batch", "32"],
+    "batch": ["--batch-mode", "batch", "--max-batch", "32"],
+    "none": ["--batch-mode", "loop", "--max-batch", "1"],
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--max-len", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=2000, help="per concurrency level")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["loop", "batch", "none"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's worker")
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serving_http")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "serving_http.json")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    bundle = build_bundle_100k(args.out, args.items, args.dim, args.interests, args.max_len, args.seed)
+    export_s = time.perf_counter() - t0
+    rng = np.random.default_rng(args.seed + 1)
+    bodies = [{"history": [f"i{i}" for i in rng.integers(1, args.items, rng.integers(5, 51))], "n": args.n}
+              for _ in range(args.warmup + args.requests)]
+    load0 = os.getloadavg()[0]
+    runs = {}
+    for name in args.configs:
+        proc, url = start_server(bundle, CONFIGS[name] + ["--threads", str(args.threads)])
+        try:
+            runs[name] = {"flags": CONFIGS[name], "levels": measure(url, proc.pid, bodies, args.levels, args.warmup)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    best = max(((n, c, r["requests_per_s"]) for n, run in runs.items() for c, r in run["levels"].items()),
+               key=lambda x: x[2])
+    default = runs.get("loop") or next(iter(runs.values()))
+    p99_8 = default["levels"].get("8", {}).get("p99_ms")
+    result = {
+        "config": {"items": args.items, "dim": args.dim, "interests": args.interests, "max_len": args.max_len,
+                   "n": args.n, "requests_per_level": args.requests, "warmup": args.warmup,
+                   "server_threads": args.threads, "model": "mind (random init, dynamic_interests=false)",
+                   "client": "httpx AsyncClient in one process, one connection per concurrent user"},
+        "runs": runs,
+        "best": {"config": best[0], "concurrency": int(best[1]), "requests_per_s": best[2]},
+        "default_config": "loop",
+        "targets": {"p99_ms_at_8": TARGET_P99_MS_AT_8, "requests_per_s": TARGET_RPS},
+        "target_p99_met": p99_8 is not None and p99_8 <= TARGET_P99_MS_AT_8,
+        "target_rps_met": best[2] >= TARGET_RPS,
+        "export_s": export_s,
+        "command": "python benchmarks/serving_http.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_before": round(load0, 2),
+                    "load_avg_1m_after": round(os.getloadavg()[0], 2), "python": platform.python_version()},
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"serving over HTTP, {args.items} items, K={args.interests}, D={args.dim}, n={args.n}, "
+          f"{args.requests} requests per level (targets: p99 <= {TARGET_P99_MS_AT_8} ms at 8, >= {TARGET_RPS} req/s)")
+    for name, run in runs.items():
+        for c, r in run["levels"].items():
+            print(f"  {name:>5} c={c:>2}: {r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:6.2f} ms, "
+                  f"p99 {r['p99_ms']:6.2f} ms, server CPU {r['server_cpu_cores']:.2f} cores, "
+                  f"client {r['client_cpu_cores']:.2f}")
+    print(f"  best: {best[0]} at c={best[1]}: {best[2]:.1f} req/s; load avg {result['machine']['load_avg_1m_after']} "
+          f"-> {args.results}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
