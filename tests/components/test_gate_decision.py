@@ -162,6 +162,10 @@ def test_monte_carlo_permutation_p_value_matches_scipy():
     p, exact, flips = G.paired_permutation(d, 0.0, 20000, np.random.default_rng(2))
     assert not exact and flips == 20000
     assert 0.02 < ref < 0.5 and p == pytest.approx(ref, abs=0.012)
+    # all differences positive and distinct: only the identity reaches T, which 500 random flips miss;
+    # the Monte Carlo p-value counts the observed statistic itself: (1 + 0) / (500 + 1), never 0
+    p, exact, _ = G.paired_permutation(np.linspace(0.01, 0.4, 40), 0.0, 500, np.random.default_rng(3))
+    assert not exact and p == 1 / 501
 
 
 # ----------------------------------------------------------------------------------- MostPopular / random
