@@ -137,7 +137,7 @@ class RetrievalTask(pl.LightningModule):
         finite = torch.isfinite(loss.detach())
         if self._check_every_step:
             if not bool(finite):  # a CPU scalar: no device sync
-                raise NonFiniteTraining("loss", self.current_epoch, self.global_step, f" (loss {float(loss)})")
+                raise NonFiniteTraining("loss", self.current_epoch, self.global_step, f" (loss {float(loss.detach())})")
         else:
             self._sums["nonfinite"] += (~finite).double()
         self._sums["loss"] += loss.detach().double() * len(pos)
