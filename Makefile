@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (only python3 needed):
-#   make repro   set up .venv from the pinned lock, fetch MovieLens-100K, run the DVC pipeline
+#   make repro   set up .venv from the pinned lock, run the DVC pipeline (its first stage fetches MovieLens-100K)
 #   make test    set up, then run the whole test suite
+# Day two (README "Day two"): make compare, make promote, make rollback, make registry, make push / make pull
 # Both are idempotent: the venv is rebuilt only when requirements.lock or pyproject.toml change.
 
 PYTHON ?= python3
@@ -18,11 +19,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 # machine made faiss searches several times slower (benchmarks/index.py)
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup data repro test pipeline clean help mutation
+.PHONY: setup data repro test pipeline clean help mutation image image-test compare promote rollback registry push pull
 
 help:
 	@echo "make repro  - set up and run the whole pipeline (dvc repro)"
 	@echo "make test   - set up and run the test suite"
+	@echo "make image  - build the component image (infra/Dockerfile) with docker or podman"
+	@echo "make image-test - build it, then run the pipeline in it (tests/infra/test_image.py)"
 
 setup: $(STAMP)
 
@@ -37,8 +40,28 @@ data: $(RAW)
 $(RAW): $(STAMP) components/ingest.py
 	$(PY) -m components.ingest fetch --dest data/raw/ml-100k
 
-repro: setup data
+repro: setup
 	$(VENV)/bin/dvc repro
+
+# compare the workspace with the last commit and with the experiments: only the params and metrics that differ
+compare: setup
+	@$(VENV)/bin/dvc params diff
+	@$(VENV)/bin/dvc metrics diff --precision 4
+	@$(VENV)/bin/dvc exp show --only-changed --precision 4 --drop 'Created|State|Executor'
+
+# register the committed, gate-approved bundle and make it prod; roll prod back to the previous version
+promote: setup
+	$(PY) -m components.registry promote
+rollback: setup
+	$(PY) -m components.registry rollback
+registry: setup
+	@$(PY) -m components.registry show
+
+# share artifacts and the registry: DVC remote (.dvc/config, default ../mir-dvc-remote) and git tags
+push: setup
+	$(VENV)/bin/dvc push
+pull: setup
+	$(VENV)/bin/dvc pull
 
 test: setup data
 	@$(PY) -m pytest; rc=$$?; \
@@ -53,3 +76,17 @@ pipeline: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The component image. ENGINE: docker when its daemon answers, else podman. IMAGE_BUILD_FLAGS: extra flags for
+# the build (a machine's pip mirrors, --build-arg PYTHON_IMAGE=...; docs/RUNNING.md).
+IMAGE             ?= localhost/multi-interest-retrieval:dev
+ENGINE            ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v podman >/dev/null 2>&1; then echo podman; fi)
+IMAGE_BUILD_FLAGS ?=
+
+image:
+	@test -n "$(ENGINE)" || { echo "make image: no container engine (a running docker daemon or podman) found" >&2; exit 1; }
+	nice -n 10 $(ENGINE) build -f infra/Dockerfile -t $(IMAGE) $(IMAGE_BUILD_FLAGS) .
+
+# MIR_IMAGE_TEST=require turns the test's skip (no engine) into a failure; BUILD_IMAGE=0 takes IMAGE as it is.
+image-test: setup $(if $(filter 0,$(BUILD_IMAGE)),,image)
+	MIR_IMAGE=$(IMAGE) MIR_IMAGE_TEST=require MIR_CONTAINER_ENGINE=$(ENGINE) nice -n 10 $(PY) -m pytest -q -rs tests/infra/test_image.py

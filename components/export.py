@@ -1,35 +1,30 @@
-"""export: gate the candidate model, write its serving bundle, promote it to champion, write the A/B spec.
+"""export: bundle this run's candidate, gate it against the production model, write the verdict and A/B spec.
 
-Layout under ``--bundles`` (docs/CONTRACTS.md)::
+Layout::
 
-    <model>-<hash12>/      one self-contained, versioned serving bundle
-        user_tower.pt        TorchScript (torch.jit.trace) of user_interests: (history (B, L) long,
-                             mask (B, L) bool, profile (B, C) long) -> (interests (B, K, D), interest_mask (B, K))
-        item_embeddings.npy  (num_items, D) float32, row 0 = padding
-        index.faiss, item_ids.npy, index.json   the faiss index (from build_index, else exact Flat)
-        items.parquet        item_idx, item_id (original), category, category_idx, train_count
-        vocab.json           the split's vocabularies (profile values with their original strings)
-        manifest.json        model, arch, hparams, params, max_len, data version, metrics, gate result,
-                             library versions, per-file sha256 and the bundle's content hash
-    champion               pointer file (JSON {"bundle": ..., "model": ...}), replaced atomically
-    ab.json                A/B spec: control = the champion before this run, treatment = the candidate
-    gate.json              the last gate decision, both figures side by side
+    artifacts/bundles/<model>-<hash12>/   one self-contained, content-addressed serving bundle (components.bundle);
+                                          the same weights and config give the same name, so a re-export is a
+                                          no-op; bundles accumulate (persisted DVC output, pushed to the remote)
+    artifacts/export/verdict.json         the gate's decision for CI: both models' figures, the tests, promote
+    artifacts/export/verdict.md           the same for humans and the KFP UI
+    artifacts/export/ab.json              the A/B spec when the candidate was approved over a prod model:
+                                          control = prod, treatment = the candidate (else ``active: false``)
 
-Flow: with no champion yet (first run) the baseline variant's bundle is written and becomes the champion
-ungated — it is the reference by definition. Then the candidate is gated (:mod:`components.gates`: floors,
-and no worse than the champion minus a tolerance). Passing: candidate bundle written (temp folder + rename),
-champion pointer replaced (temp file + ``os.replace``), ``ab.json`` written. Failing: nothing but
-``gate.json`` changes and :class:`GateFailed` is raised (CLI exit 1 with the failing rule and both figures).
+Flow: the candidate (``export.candidate``, which must be among this run's ``train.models``) is bundled. The
+current production model is resolved from the registry (:mod:`components.registry`, GTO): never a model trained
+in the same run. Both bundles are evaluated now, on the current split's test users, through the serving path, and
+:func:`components.gates.decide` applies the floors, the paired test against the baseline trained in this run
+(``gates.baseline``, e.g. MostPopular on the same users) and the paired test against prod. With no prod yet, the
+first candidate passing the floors and the baseline is approved. If the candidate's bundle *is* prod (same content
+hash), nothing is promoted.
 
-Choices the papers/issue leave open:
-- The champion's figure is its manifest's metric when its data version equals the current split's; if the
-  data changed, the champion bundle is re-evaluated on the current split's test users through the serving
-  path (so both figures measure the same users) and that figure is used.
-- Bundle name = model variant + first 12 hex digits of the content hash (sha256 over the bundle files but
-  the manifest, and the manifest's model/params/data-version block), so re-exporting the same model is a
-  no-op rename.
-- Data version: the DVC md5 of the split from ``dvc.lock`` (the folder's hash, or a hash of its files'
-  recorded md5s when they still match the files), else a sha256 over the split folder's files.
+Promotion itself: in the project repository it is a step after ``git commit`` (``python -m components.registry
+promote`` registers the commit whose dvc.lock records the bundle and assigns ``prod``); with ``--registry PATH``
+(a registry location, as in a Kubeflow run) an approved bundle is published there and assigned ``prod`` at once.
+The CLI exits 0 whatever the verdict (the run did its job; the verdict says no), or 1 with ``--fail-if-blocked``.
+
+Data version: the DVC md5 of the split from ``dvc.lock`` (the folder's hash, or a hash of its files' recorded md5s
+when they still match the files), else a sha256 over the split folder's files.
 """
 from __future__ import annotations
 
@@ -46,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from components.config import load_params, section
-from components.gates import GateFailed, GateResult, GatesConfig, check
-from components.io import DataError, atomic_dir, cli_main, file_digest, read_json, write_json
+from components.config import ParamsError, load_params, section
+from components.gates import Evidence, GatesConfig, decide, load_evidence
+from components.io import DataError, atomic_dir, atomic_path, cli_main, file_digest, read_json, write_json
+from components.registry import Registry, RegistryError
 
 from components.bundle import BUNDLE_FILES  # noqa: F401 - re-exported: the bundle's files (format 2, no code)
 
@@ -74,15 +70,13 @@ class ABConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     candidate: str = "mind"
-    """model variant proposed for promotion."""
-    baseline: str = "youtube_dnn"
-    """variant that becomes the first champion when there is none."""
+    """model variant proposed for promotion; must be among this run's train.models."""
     ab: ABConfig = field(default_factory=ABConfig)
     """A/B experiment settings."""
 
     def __post_init__(self) -> None:
-        if not self.candidate or not self.baseline:
-            raise ValueError("candidate and baseline must name model variants")
+        if not self.candidate:
+            raise ValueError("candidate must name a model variant")
 
 
 class ExportPaths:
@@ -230,6 +224,8 @@ def build_bundle(variant: str, paths: ExportPaths, params: dict[str, Any], metri
                                           num_profile_fields=len(cat.profile_fields), num_items=cat.num_items)
         except ValueError as exc:
             raise DataError(f"model {variant!r}: {exc}", path=model_path) from None
+        for name in B.BUNDLE_FILES:
+            apply_umask(tmp / name)  # some writers (safetensors) create files 0600 whatever the umask
         files, sizes = B.describe_files(tmp)
         manifest = {
             "format": B.FORMAT, "name": final.name, **ident,
@@ -258,31 +254,18 @@ def _onnx_opset(path: Path) -> int | None:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def read_champion(bundles_dir: Path) -> dict[str, Any] | None:
-    """The champion pointer, or None when there is none yet."""
-    p = Path(bundles_dir) / "champion"
-    if not p.exists():
-        return None
-    ptr = read_json(p)
-    if not isinstance(ptr, dict) or "bundle" not in ptr:
-        raise DataError("champion pointer has no 'bundle' key", path=p)
-    if not (Path(bundles_dir) / ptr["bundle"] / "manifest.json").exists():
-        raise DataError(f"champion bundle {ptr['bundle']!r} is missing", path=p)
-    return ptr
+def evaluate_bundle(bundle_dir: Path, split_dir: Path, topn: list[int]):
+    """Per-user test metrics of a bundle on the current split, through the serving path.
 
+    Recommended original ids are mapped onto the split's item indices (ids the split lacks count as misses), so a
+    bundle trained on an older split is measured on exactly the current test users.
 
-def promote(bundles_dir: Path, bundle: Path, manifest: dict[str, Any]) -> None:
-    """Atomic pointer update: temp file + ``os.replace`` (components.io.write_json)."""
-    write_json(Path(bundles_dir) / "champion", {
-        "bundle": bundle.name, "model": manifest["model"], "content_hash": manifest["content_hash"],
-        "promoted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-
-
-def evaluate_bundle(bundle_dir: Path, split_dir: Path, topn: list[int]) -> dict[str, float]:
-    """Test-user metrics of a bundle on a (possibly newer) split, through the serving path.
-
-    Recommended original ids are mapped onto the split's item indices (ids the split lacks count as misses).
+    Returns:
+        a DataFrame: ``user_id`` (str) and one column per metric (``recall@50``, ``ndcg@50``, ...), one row per
+        test user.
     """
+    import pandas as pd
+
     from components.evaluate import load_catalogue, load_users, user_metrics
     from components.serving import Recommender
 
@@ -307,66 +290,103 @@ def evaluate_bundle(bundle_dir: Path, split_dir: Path, topn: list[int]) -> dict[
         for j, (iid, _) in enumerate(lst):
             items[u, j] = index_of.get(iid, 0)
     per_user = user_metrics({k: items[:, :k] for k in topn}, users.targets, cat.item_category)
-    return {f"test.{k}": float(v.mean()) for k, v in per_user.items()}
+    return pd.DataFrame({"user_id": users.user_id.astype(str), **per_user})
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[str, Any]) -> dict[str, Any]:
-    """Gate, bundle, promote, and write the A/B spec (see the module docstring).
+def run_models(params: dict[str, Any]) -> list[str]:
+    from components.report import run_models as _run_models
 
+    return _run_models(params)
+
+
+def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[str, Any], *,
+        registry: Registry, out_dir: Path, publish: bool = False) -> dict[str, Any]:
+    """Bundle the candidate, gate it against prod and the baseline, write the verdict (and A/B spec).
+
+    Args:
+        registry: where the current production model is resolved (components.registry).
+        out_dir: receives ``verdict.json`` (CI), ``verdict.md`` (humans, the KFP UI) and ``ab.json``.
+        publish: registry location (KFP): publish the approved bundle and assign it prod now. In the project
+            repository promotion is ``python -m components.registry promote`` after the run is committed.
     Returns:
-        {"gate": GateResult dict, "champion": bundle name, "candidate": bundle name, "ab": spec dict,
-         "initial_champion": bundle name or None}
+        the verdict dict (also in ``verdict.json``).
     Raises:
-        GateFailed: the candidate failed a rule (nothing but gate.json is written).
+        ParamsError: the candidate or the baseline is not among this run's ``train.models``.
     """
     from components.serving import ABSpec
 
-    bundles = paths.bundles_dir
+    models = run_models(params)
+    seed = read_seed(params)
+    if cfg.candidate not in models:
+        raise ParamsError(f"export.candidate: {cfg.candidate!r} is not trained in this run (train.models = "
+                          f"{models}); the gate and export use only this run's models")
+    gates.require_models(models)
+    baseline_model = gates.baseline.model if gates.baseline is not None else None
     version = data_version(paths.split_dir, paths.dvc_lock)
     exclude_history = bool((params.get("evaluate") or {}).get("exclude_history", True))
     cand_metrics = read_json(paths.eval_dir / cfg.candidate / "metrics.json")
-    initial = None
-    ptr = read_champion(bundles)
-    if ptr is None:
-        base_metrics = read_json(paths.eval_dir / cfg.baseline / "metrics.json")
-        gate0 = {"passed": True, "rules": [], "note": "initial champion (the baseline), not gated"}
-        base_bundle = build_bundle(cfg.baseline, paths, params, base_metrics, gate0, version,
-                                   exclude_history=exclude_history)
-        promote(bundles, base_bundle, read_json(base_bundle / "manifest.json"))
-        initial = base_bundle.name
-        ptr = read_champion(bundles)
-    champ_dir = bundles / ptr["bundle"]
-    champ_manifest = read_json(champ_dir / "manifest.json")
-    champ_metrics = dict(champ_manifest.get("metrics") or {})
-    champ_source = "manifest"
-    if champ_manifest.get("data_version") != version:
-        topn = sorted({int(k.split("@")[1]) for k in cand_metrics if k.startswith("test.recall@")
-                       and "_ci" not in k}) or [50]
-        champ_metrics = evaluate_bundle(champ_dir, paths.split_dir, topn)
-        champ_source = "re-evaluated on the current split"
-    result = check(gates, cand_metrics, champ_metrics, candidate_name=cfg.candidate,
-                   champion_name=ptr["bundle"])
-    decision = {**result.to_dict(), "champion_metrics_source": champ_source, "data_version": version}
-    if not result.passed:
-        write_json(bundles / "gate.json", decision)
-        raise GateFailed(result)
-    cand_bundle = build_bundle(cfg.candidate, paths, params, cand_metrics, decision, version,
+    cand_bundle = build_bundle(cfg.candidate, paths, params, cand_metrics, {}, version,
                                exclude_history=exclude_history)
+    topn = sorted({int(k.split("@")[1]) for k in cand_metrics if k.startswith("test.recall@") and "_ci" not in k}
+                  or {50})
+    # both models measured now, on the current test users, through the same serving code
+    candidate = Evidence(cand_bundle.name, evaluate_bundle(cand_bundle, paths.split_dir, topn),
+                         source=f"{cand_bundle} on the test users of {paths.split_dir}")
+    prod_version = registry.prod()
+    prod = None
+    if prod_version is not None and prod_version.bundle != cand_bundle.name:
+        prod_dir = registry.bundle_path(prod_version)
+        prod = Evidence(prod_version.bundle, evaluate_bundle(prod_dir, paths.split_dir, topn),
+                        source=f"{prod_dir} on the test users of {paths.split_dir}")
+    baseline = None
+    if baseline_model is not None:
+        b = baseline_model
+        baseline = load_evidence(b, paths.eval_dir / b / "per_user.parquet", paths.eval_dir / b / "metrics.json")
+    if prod_version is not None and prod is None:
+        verdict = {"promote": False, "reasons": [f"the candidate {cand_bundle.name} is already {registry.stage} "
+                                                 f"({registry.artifact}@{prod_version.version}): nothing to promote"],
+                   "rules": []}
+        md = f"# Gate verdict\n\n**Not promoted**: {verdict['reasons'][0]}.\n"
+    else:
+        v = decide(gates, candidate, prod, baseline, seed=seed)
+        verdict, md = v.to_dict(), v.to_markdown()
     cand_manifest = read_json(cand_bundle / "manifest.json")
-    control = {"bundle": ptr["bundle"], "model": champ_manifest["model"],
-               "content_hash": champ_manifest.get("content_hash")}
-    treatment = {"bundle": cand_bundle.name, "model": cand_manifest["model"],
-                 "content_hash": cand_manifest["content_hash"]}
-    spec = ABSpec(salt=cfg.ab.salt, num_buckets=cfg.ab.num_buckets, treatment_share=cfg.ab.treatment_share,
-                  control=control, treatment=treatment)
-    ab = {**spec.to_dict(), "same_bundle": control["bundle"] == treatment["bundle"], "data_version": version,
-          "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    write_json(bundles / "ab.json", ab)
-    promote(bundles, cand_bundle, cand_manifest)
-    write_json(bundles / "gate.json", decision)
-    return {"gate": result.to_dict(), "champion": cand_bundle.name, "candidate": cand_bundle.name,
-            "previous_champion": ptr["bundle"], "ab": ab, "initial_champion": initial}
+    verdict["export"] = {
+        "candidate_model": cfg.candidate, "candidate_bundle": cand_bundle.name,
+        "content_hash": cand_manifest.get("content_hash"),
+        "prod_version": prod_version.version if prod_version else None,
+        "prod_bundle": prod_version.bundle if prod_version else None,
+        "baseline_model": baseline_model, "data_version": version, "models": models,
+        "registry": str(registry.repo), "stage": registry.stage,
+    }
+    treatment = {"bundle": cand_bundle.name, "model": cfg.candidate, "content_hash": cand_manifest.get("content_hash")}
+    ab: dict[str, Any] = {"active": False, "reason": "no A/B test: the candidate was not approved"
+                          if prod_version is not None else "no A/B test: there is no production model yet"}
+    if verdict["promote"] and prod_version is not None:
+        prod_manifest = read_json(registry.bundle_path(prod_version) / "manifest.json")
+        spec = ABSpec(salt=cfg.ab.salt, num_buckets=cfg.ab.num_buckets, treatment_share=cfg.ab.treatment_share,
+                      control={"bundle": prod_version.bundle, "model": prod_manifest.get("model"),
+                               "content_hash": prod_manifest.get("content_hash")},
+                      treatment=treatment)
+        ab = {"active": True, **spec.to_dict(), "data_version": version}
+    promoted = None
+    if publish and verdict["promote"]:
+        promoted = registry.assign(registry.publish(cand_bundle))
+        verdict["registered"] = {"version": promoted.version, "bundle": promoted.bundle, "stage": registry.stage}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "ab.json", ab)
+    with atomic_path(out_dir / "verdict.md") as tmp:
+        tmp.write_text(md)
+    write_json(out_dir / "verdict.json", verdict)
+    return verdict
+
+
+def read_seed(params: dict[str, Any]) -> int:
+    from components.evaluate import read_seed as _read_seed
+
+    return _read_seed(params)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -374,14 +394,21 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m components.export",
-                                     description="Gate the candidate, write its serving bundle, promote it, "
-                                                 "write the A/B spec. Exit 1 when the gate fails.")
+                                     description="Bundle the candidate, gate it against the registry's prod model "
+                                                 "and the baseline (paired per-user test), write the verdict and "
+                                                 "the A/B spec. Exit 0 whatever the verdict (it is in verdict.json; "
+                                                 "--fail-if-blocked makes a blocked candidate exit 1).")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
     parser.add_argument("--eval-dir", type=Path, default=Path("artifacts/eval"))
     parser.add_argument("--index-dir", type=Path, default=Path("artifacts/index"))
     parser.add_argument("--split", type=Path, default=Path("data/split"))
     parser.add_argument("--bundles", type=Path, default=Path("artifacts/bundles"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/export"))
+    parser.add_argument("--registry", default=None,
+                        help="a registry location (folder): resolve prod there and publish an approved bundle to it; "
+                             "default: this project's git repository (promote after commit)")
+    parser.add_argument("--fail-if-blocked", action="store_true", help="exit 1 when the gate blocks the candidate")
     parser.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"),
                         help="where to read the split's DVC hash (falls back to hashing the split)")
     args = parser.parse_args(argv)
@@ -393,18 +420,27 @@ def main(argv: list[str] | None = None) -> None:
         paths = ExportPaths(models_dir=args.models_dir, eval_dir=args.eval_dir, index_dir=args.index_dir,
                             split_dir=args.split, bundles_dir=args.bundles, dvc_lock=args.dvc_lock)
         try:
-            out = run(cfg, gates, paths, params)
-        except GateFailed as exc:
-            print(f"export: candidate {cfg.candidate} NOT promoted.\n{exc}", file=sys.stderr)
-            raise SystemExit(1) from None
-        if out["initial_champion"]:
-            print(f"export: no champion yet; baseline bundle {out['initial_champion']} is the first champion")
-        print(GateResult(**{**out["gate"], "rules": []}).describe().splitlines()[0])
-        for r in out["gate"]["rules"]:
-            print(f"  {r['rule']}: candidate {r['candidate']:.4f}, reference {r['reference']:.4f}")
-        print(f"export: {out['candidate']} promoted to champion; A/B {out['ab']['control']['bundle']} (control) "
-              f"vs {out['ab']['treatment']['bundle']} (treatment, {out['ab']['treatment_share']:.0%}) "
-              f"-> {args.bundles}")
+            if args.registry:
+                registry = Registry.location(args.registry)
+            else:
+                registry = Registry.project(".", bundles_dir=args.bundles)
+            verdict = run(cfg, gates, paths, params, registry=registry, out_dir=args.out,
+                          publish=bool(args.registry))
+        except RegistryError as exc:
+            raise DataError(str(exc)) from None
+        cand = verdict["export"]["candidate_bundle"]
+        prod = verdict["export"]["prod_bundle"] or "(none)"
+        if verdict["promote"]:
+            where = (f"registered {verdict['registered']['version']} and assigned prod" if "registered" in verdict
+                     else "commit the run, then `python -m components.registry promote`")
+            print(f"export: {cand} APPROVED over prod {prod}: {where}")
+        else:
+            print(f"export: {cand} NOT approved (prod stays {prod}):", file=sys.stderr)
+        for reason in verdict.get("reasons") or []:
+            print(f"  {reason}", file=sys.stderr if not verdict["promote"] else sys.stdout)
+        print(f"export: verdict -> {args.out / 'verdict.md'}, {args.out / 'verdict.json'}")
+        if args.fail_if_blocked and not verdict["promote"]:
+            raise SystemExit(1)
 
     cli_main(body)
 

@@ -7,8 +7,8 @@ str), ``items.parquet`` (``item_id``, ``category`` non-empty, optional ``title``
 
 Sources (``ingest.source`` in params.yaml) and the choices made where the papers and the issue are silent:
 
-- ``movielens-100k`` (default): the RecBole atomic files ``ml-100k.{inter,user,item}`` in ``raw_dir``, put
-  there by ``python -m components.ingest fetch`` from the ``recbole==1.2.1`` wheel (SHA-256 of the wheel and
+- ``movielens-100k`` (default): the RecBole atomic files ``ml-100k.{inter,user,item}`` in the folder ``path``
+  (default ``data/raw/ml-100k``), put there by the DVC stage ``fetch`` (``python -m components.ingest fetch``) from the ``recbole==1.2.1`` wheel (SHA-256 of the wheel and
   of each file checked; recbole is never installed). Every rating is one implicit interaction (ratings are
   dropped, as MIND/ComiRec/UMI treat behaviours as implicit feedback). Category = the movie's first listed
   genre (``unknown`` when it has none). User profile: ``gender``, ``occupation`` and ``age``; by default
@@ -39,6 +39,10 @@ Sources (``ingest.source`` in params.yaml) and the choices made where the papers
   (ComiRec's script keeps the last one seen; in this data set an item has one category anyway).
 
 Ingest does not filter, deduplicate or sort: validation checks the tables, split filters and orders them.
+
+``ingest.path`` is the one input of every source that reads one (never null, so ``dvc.yaml`` can name it as the
+ingest stage's dependency through templating: editing the file re-runs ingest). Its default is the folder the
+``fetch`` stage fills with MovieLens-100K; the sources that read a user's own file refuse that default.
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ from components.synthetic import AGE_GROUPS, SyntheticConfig
 from components import synthetic
 
 Source = Literal["movielens-100k", "grouplens", "synthetic", "csv", "parquet", "amazon-books", "taobao"]
+DEFAULT_RAW = Path("data/raw/ml-100k")
 NEEDS_PATH = ("grouplens", "csv", "parquet", "amazon-books", "taobao")
 UNKNOWN = "unknown"            # category of an item whose source gives none (the contract wants non-empty)
 
@@ -105,16 +110,17 @@ class IngestConfig:
     """``ingest`` in params.yaml."""
 
     source: Source = "movielens-100k"        # which reader (see the module docstring)
-    raw_dir: Path = Path("data/raw/ml-100k")  # movielens-100k: folder with the verified recbole files
-    path: Optional[Path] = None              # grouplens zip/folder; csv/parquet/amazon-books/taobao input file
+    path: Path = DEFAULT_RAW                 # the input: movielens-100k folder (fetched), grouplens zip/folder,
+                                             # csv/parquet/amazon-books/taobao file; a DVC dependency of ingest
     meta_path: Optional[Path] = None         # amazon-books: metadata file (asin + categories per line)
     age_groups: bool = True                  # movielens/grouplens: age as MovieLens-1M age groups, else raw
     columns: ColumnMapping = field(default_factory=ColumnMapping)      # csv/parquet column mapping
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # synthetic generator settings
 
     def __post_init__(self) -> None:
-        if self.source in NEEDS_PATH and self.path is None:
-            raise ValueError(f"ingest.path is required for source '{self.source}'")
+        if self.source in NEEDS_PATH and Path(self.path) == DEFAULT_RAW:
+            raise ValueError(f"ingest.path must name the input file or folder for source '{self.source}' "
+                             f"(it is still the MovieLens default {DEFAULT_RAW})")
         if self.source == "amazon-books" and self.meta_path is None:
             raise ValueError("ingest.meta_path is required for source 'amazon-books'")
 
@@ -396,10 +402,10 @@ def _movielens_tables(inter, users, items, user_path, item_path, age_groups: boo
 
 
 def read_movielens_100k(cfg: IngestConfig):
-    """The RecBole ml-100k atomic files in ``cfg.raw_dir``."""
+    """The RecBole ml-100k atomic files in the folder ``cfg.path``."""
     import pyarrow as pa
 
-    raw = Path(cfg.raw_dir)
+    raw = Path(cfg.path)
     ip, up, tp = raw / "ml-100k.inter", raw / "ml-100k.user", raw / "ml-100k.item"
     inter = _read_atomic(ip, ["user_id", "item_id", "timestamp"])
     users = _read_atomic(up, ["user_id", "age", "gender", "occupation"])
@@ -731,6 +737,8 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download (pip) and verify the recbole ml-100k files")
     f.add_argument("--dest", type=Path, default=Path("data/raw/ml-100k"), help="target folder")
     f.add_argument("--cache", type=Path, default=Path(".cache/downloads"), help="wheel download cache")
+    f.add_argument("--params", type=Path, default=None,
+                   help="params file: fetch only when ingest.source is movielens-100k (else write a note)")
     r = sub.add_parser("run", help="write the canonical tables for params `ingest.source`")
     r.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     r.add_argument("--out", type=Path, default=Path("data/canonical"), help="output folder")
@@ -746,6 +754,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         if args.command == "fetch":
+            if args.params is not None:
+                cfg, _ = load_config(load_params(args.params))
+                if cfg.source != "movielens-100k":
+                    # the DVC stage still needs its output folder; the data itself is not needed
+                    with atomic_dir(args.dest) as tmp:
+                        (tmp / "README").write_text(f"MovieLens-100K not fetched: ingest.source is {cfg.source}\n")
+                    print(f"ingest fetch: nothing to fetch for source {cfg.source} ({args.dest} holds a note)")
+                    return
             res = fetch(args.dest, args.cache)
             print(f"ingest fetch: {res['dest']} verified ({res['status']})")
             return

@@ -279,8 +279,8 @@ def open_registry(location: str | Path | None, root: str | Path = ".") -> Regist
 # ---------------------------------------------------------------------------------------------------- CLI
 def promote_from_verdict(reg: Registry, verdict_path: Path, root: Path) -> Version:
     """Project registry: promote the bundle the committed verdict approved, at HEAD."""
-    verdict = read_json(verdict_path, required=("promote", "candidate"))
-    bundle = verdict["candidate"].get("bundle") if isinstance(verdict["candidate"], dict) else None
+    verdict = read_json(verdict_path, required=("promote", "export"))
+    bundle = verdict["export"].get("candidate_bundle") if isinstance(verdict["export"], dict) else None
     if not bundle:
         raise DataError("verdict names no candidate bundle", path=verdict_path)
     if verdict["promote"] is not True:

@@ -13,8 +13,9 @@ Outputs (``out_dir``, written to a temporary sibling and renamed into place):
 
 A failed expectation still writes both (they are the report), then raises :class:`ValidationFailed` whose
 message names each failed expectation with a few offending values; the CLI prints it and exits 1. A missing
-or unreadable file or a params typo is a ``DataError``/``ParamsError`` (exit 2) raised *before* anything is
-written, so the previous outputs stay intact.
+or unreadable table is a ``DataError`` (exit 2) that replaces ``result.json`` with ``success: false`` and the
+error: an earlier passing report never stays beside data that failed. A params typo is a ``ParamsError`` (exit 2)
+raised before anything is written.
 
 Choices the issue leaves open (also in the report):
 - Result format ``BASIC`` with 5 partial unexpected values, not ``SUMMARY``: for pandas, ``SUMMARY`` also
@@ -55,7 +56,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from components.config import load_params, section, to_dict
-from components.io import atomic_dir, cli_main, read_parquet, write_json
+from components.io import DataError, atomic_dir, cli_main, read_parquet, write_json
 
 TABLES = ("interactions", "items", "users")
 # Required columns and their pandas dtype names per table (pandas 3: string columns have dtype `str`).
@@ -112,11 +113,17 @@ def run(cfg: ValidateConfig, data_dir: Path, out_dir: Path) -> dict[str, Any]:
         The content of ``result.json`` (``success`` is True).
 
     Raises:
-        DataError: a table is missing or not readable parquet (nothing written).
+        DataError: a table is missing or not readable parquet (result.json then says success: false, with the error).
         ValidationFailed: an expectation failed (``result.json`` and ``docs/`` are written first).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    frames = {name: read_parquet(data_dir / f"{name}.parquet") for name in TABLES}
+    try:
+        frames = {name: read_parquet(data_dir / f"{name}.parquet") for name in TABLES}
+    except DataError as exc:
+        # never leave an earlier passing report beside data that cannot even be read
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / "result.json", {"success": False, "error": str(exc), "data_dir": str(data_dir)})
+        raise
     batches, suites, skipped = _build_suites(cfg, frames)
     with atomic_dir(out_dir) as tmp:
         results = _run_checkpoints(batches, suites, tmp / "docs")

@@ -98,7 +98,7 @@ def test_extracted_files_are_checked_one_by_one(tmp_path):
 # --- movielens-100k (the real files) -----------------------------------------------------------------------
 
 def test_movielens_100k_counts_and_fields(ml100k_raw, tmp_path):
-    stats = run(IngestConfig(raw_dir=ml100k_raw), tmp_path / "out", seed=0)
+    stats = run(IngestConfig(path=ml100k_raw), tmp_path / "out", seed=0)
     t = _tables(tmp_path / "out")
     _check_canonical(t)
     assert (stats["interactions"], stats["users"], stats["items"]) == (100_000, 943, 1_682)
@@ -113,7 +113,7 @@ def test_movielens_100k_counts_and_fields(ml100k_raw, tmp_path):
     assert users.loc["2"].tolist() == ["F", "50-55", "other"]            # age 53
     assert set(users["age"]) == {"<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"}
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["items"] == 1_682
-    run(IngestConfig(raw_dir=ml100k_raw, age_groups=False), tmp_path / "raw_age", seed=0)
+    run(IngestConfig(path=ml100k_raw, age_groups=False), tmp_path / "raw_age", seed=0)
     assert _tables(tmp_path / "raw_age")["users"].set_index("user_id").loc["2", "age"] == "53"
 
 
@@ -168,7 +168,7 @@ def test_grouplens_folder_zip_and_recbole_agree(tmp_path):
         zf.writestr("ml-100k/README", "readme")
     run(IngestConfig(source="grouplens", path=tmp_path / "gl"), tmp_path / "from_dir", seed=0)
     run(IngestConfig(source="grouplens", path=archive), tmp_path / "from_zip", seed=0)
-    run(IngestConfig(raw_dir=_write_recbole_same(tmp_path / "rb")), tmp_path / "from_recbole", seed=0)
+    run(IngestConfig(path=_write_recbole_same(tmp_path / "rb")), tmp_path / "from_recbole", seed=0)
     d, z, r = (_tables(tmp_path / n) for n in ("from_dir", "from_zip", "from_recbole"))
     _check_canonical(d)
     for name in ("interactions", "items", "users"):
@@ -384,7 +384,7 @@ def test_empty_recbole_file(tmp_path):
     raw = _write_recbole_same(tmp_path / "rb")
     (raw / "ml-100k.user").write_text("")
     with pytest.raises(DataError, match="ml-100k.user: empty file"):
-        run(IngestConfig(raw_dir=raw), tmp_path / "out", seed=0)
+        run(IngestConfig(path=raw), tmp_path / "out", seed=0)
 
 
 def test_truncated_parquet(tmp_path):
