@@ -78,9 +78,10 @@ def current_umask() -> int:
 
 
 def apply_umask(path: Path) -> Path:
-    """Give a folder made by ``tempfile.mkdtemp`` (always 0700) the mode a plain ``mkdir`` would have:
-    0o777 minus the umask, so a server running as another user can read the outputs the umask allows."""
-    os.chmod(path, 0o777 & ~current_umask())
+    """Give ``path`` the mode a plain ``mkdir`` / ``open`` would have: 0o777 (folder) or 0o666 (file) minus
+    the umask. For folders made by ``tempfile.mkdtemp`` (always 0700) and files some writers create 0600
+    (safetensors), so a server running as another user can read the outputs the umask allows."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
     return path
 
 
