@@ -14,7 +14,8 @@ annotations (``Input[Dataset]``, ``Output[Metrics]``, ...) as objects to type ea
 Artifacts are typed for the KFP UI: ``Dataset`` for the canonical tables and the split, ``Model`` for trained
 models and the promoted bundle, ``Metrics`` (values logged, so the UI tabulates and compares them) per step,
 ``HTML`` for the Great Expectations Data Docs page, ``Markdown`` for the evaluation report and the gate verdict.
-Directory artifacts of no special kind (the full evaluation output, a faiss index) are ``Artifact``.
+Directory artifacts of no special kind (the full evaluation output, a faiss index, the verdict's JSON files)
+are ``Artifact``.
 """
 from types import SimpleNamespace
 from typing import List
@@ -24,17 +25,18 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 
 
 def check_params(seed: int, ingest: str, validate: str, split: str, models: str, train: str, evaluate: str,
-                 index: str, export: str, gates: str) -> List[str]:
+                 index: str, export: str, gates: str, registry_uri: str, input_uri: str) -> List[str]:
     """Load every section strictly (fail before any work on a params typo); one JSON spec per model to train."""
     from pipelines import steps
     return steps.check_params(seed=seed, ingest=ingest, validate=validate, split=split, models=models,
-                              train=train, evaluate=evaluate, index=index, export=export, gates=gates)
+                              train=train, evaluate=evaluate, index=index, export=export, gates=gates,
+                              registry_uri=registry_uri, input_uri=input_uri)
 
 
-def ingest(ingest: str, seed: int, data: Output[Dataset], metrics: Output[Metrics]):
-    """components.ingest.run: the canonical tables (interactions, items, users) from the configured source."""
+def ingest(ingest: str, seed: int, input_uri: str, data: Output[Dataset], metrics: Output[Metrics]):
+    """components.ingest.run: the canonical tables from the configured source (read from input_uri if set)."""
     from pipelines import steps
-    steps.log_metrics(metrics, steps.ingest(ingest, data.path, seed=seed))
+    steps.log_metrics(metrics, steps.ingest(ingest, data.path, seed=seed, input_uri=input_uri))
 
 
 def validate(validate: str, data: Input[Dataset], result: Output[Artifact], data_docs: Output[HTML],
@@ -80,25 +82,22 @@ def report(evaluations: Input[List[Artifact]], report: Output[Markdown]):
     steps.report([(e.path, e.metadata) for e in evaluations], report.path)
 
 
-def gate(export: str, gates: str, models: Input[List[Model]], evaluations: Input[List[Artifact]],
-         indexes: Input[List[Artifact]], candidate: Output[Artifact], verdict: Output[Markdown],
-         metrics: Output[Metrics]) -> bool:
-    """The quality gate on the candidate vs the baseline; export runs only when this returns True."""
+def gate_export(export: str, gates: str, models: str, train: str, evaluate: str, index: str, seed: int,
+                registry_uri: str, split_data: Input[Dataset], trained: Input[List[Model]],
+                evaluations: Input[List[Artifact]], indexes: Input[List[Artifact]], result: Output[Artifact],
+                verdict: Output[Markdown], bundle: Output[Model], metrics: Output[Metrics]) -> bool:
+    """components.export.run against the registry at registry_uri: gate vs prod, publish + assign if approved."""
     from pipelines import steps
-    return steps.gate(export, gates, [(m.path, m.metadata) for m in models],
-                      [(e.path, e.metadata) for e in evaluations], [(i.path, i.metadata) for i in indexes],
-                      candidate.path, verdict.path, metrics)
+    return steps.gate_export(export=export, gates=gates, models=models, train=train, evaluate=evaluate,
+                             index=index, seed=seed, registry_uri=registry_uri, split_dir=split_data.path,
+                             trained=[(m.path, m.metadata) for m in trained],
+                             evaluations=[(e.path, e.metadata) for e in evaluations],
+                             indexes=[(i.path, i.metadata) for i in indexes], result_dir=result.path,
+                             verdict_path=verdict.path, bundle_dir=bundle.path, metrics=metrics,
+                             bundle_metadata=bundle.metadata)
 
 
-def export(export: str, gates: str, models: str, evaluate: str, index: str, split_data: Input[Dataset],
-           candidate: Input[Artifact], bundle: Output[Model]):
-    """components.export.run: the serving bundle, champion pointer and A/B spec (only under the passed gate)."""
-    from pipelines import steps
-    steps.export(export, gates, models, evaluate, index, split_data.path, candidate.path, bundle.path,
-                 metadata=bundle.metadata)
-
-
-_STEPS = (check_params, ingest, validate, split, train, evaluate, build_index, report, gate, export)
+_STEPS = (check_params, ingest, validate, split, train, evaluate, build_index, report, gate_export)
 
 
 def make_components(image: str) -> SimpleNamespace:

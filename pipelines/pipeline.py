@@ -3,27 +3,38 @@
 ::
 
     check_params -> ingest -> validate -> split -> ParallelFor(model in train.models):
-                                                       train -> evaluate
+                    (input_uri)                        train -> evaluate
                                                              -> build_index
-                    report(all evaluations)      gate(candidate vs baseline) -> If(passed): export
+                    report(all evaluations)      gate_export(candidate vs the registry's prod) -> registry_uri
 
 - ``check_params`` loads every section with the steps' own strict dataclasses before any work starts, and turns
   ``train.models`` into one spec per model, which the ``ParallelFor`` fans out over (one train task per model,
   in parallel; ``kfp.parallelism`` bounds it).
+- ``ingest`` reads ``input_uri`` when it is non-empty (a folder path the pod sees: on a cluster a PVC mounted
+  with ``kfp.volumes``), else ``ingest.path``.
 - ``split`` runs only after ``validate`` succeeded: a failed expectation fails the run and nothing downstream runs.
-- ``gate`` applies ``gates`` (floors, relative rule against the baseline) with ``components.export``'s own rule;
-  ``export`` sits under ``dsl.If(gate == True)``, so a failing candidate never produces a promoted bundle (the
-  run still succeeds, like TFX's Pusher skipped by an unblessed model; the gate's verdict says why).
+- ``gate_export`` is the TFX resolver + evaluator + pusher in one task: it resolves the current production model
+  from the registry location ``registry_uri`` (a git repository with GTO tags and ``bundles/``, created by the
+  first run; :mod:`components.registry`), never from this run's models, and calls ``components.export.run``
+  with ``publish=True``: the candidate is compared with prod (and with ``gates.baseline.model`` trained in this
+  run) by paired per-user tests and, if approved, its bundle is published to the location and assigned
+  ``prod``. The verdict is a Markdown artifact and Metrics; the promoted bundle a Model artifact (left empty
+  when blocked). The run succeeds whatever the verdict, like TFX's Pusher skipped by an unblessed model.
+  Nothing depends on a previous run's local files: the registry location is the only state shared by runs.
 
 Parameters mirror ``params.yaml`` (see :mod:`pipelines.settings`): ``seed`` and one JSON string per section, with
-the values at compile time as defaults. Compile-time settings: the image, the ``kfp`` section (resources,
-retries, parallelism) and the train task's accelerators from ``train.accelerator``/``devices``.
+the values at compile time as defaults, plus ``registry_uri`` (required: a folder path, on a cluster a PVC mount
+such as ``/mnt/registry``) and ``input_uri`` (default ``""``: read ``ingest.path``). Compile-time settings: the
+image, the ``kfp`` section (resources, retries, parallelism, the PVCs mounted into ingest and gate_export) and
+the train task's accelerators from ``train.accelerator``/``devices``.
 
 Retries go to steps that are pure functions of their inputs and write only their own outputs (ingest, split,
-train, evaluate, build_index): a retry after a lost node or an OOM-killed pod is safe. ``validate`` and ``gate``
-are not retried (their failures are verdicts, not accidents), nor ``export`` (one attempt; a rerun of the whole
-pipeline is cheap with caching). Caching is on for every task (the KFP default, set explicitly here) and can be
-switched off per run (``pipelines.submit --no-cache``; ``pipelines.run_local`` caches only with ``--cache``).
+train, evaluate, build_index): a retry after a lost node or an OOM-killed pod is safe. ``validate`` is not
+retried (its failures are verdicts, not accidents), nor ``gate_export``, which writes to the shared registry
+(one attempt; a rerun of the whole pipeline is cheap with caching). Caching is on for every task but
+``gate_export`` (the KFP default, set explicitly here): its answer depends on the registry's current prod, which
+is not among its inputs, so a cached verdict could be stale. Caching can be switched off per run
+(``pipelines.submit --no-cache``; ``pipelines.run_local`` caches only with ``--cache``).
 
 No ``from __future__ import annotations`` here: KFP reads the pipeline function's annotations as types.
 """
@@ -33,11 +44,13 @@ from kfp import dsl
 
 from components.config import ParamsError
 from pipelines.components import make_components
-from pipelines.settings import GPU_ACCELERATORS, KfpConfig, kfp_config, pipeline_arguments, resolve_image
+from pipelines.settings import (GPU_ACCELERATORS, VOLUME_STEPS, KfpConfig, kfp_config, pipeline_arguments,
+                                resolve_image)
 
 PIPELINE_NAME = "multi-interest-retrieval"
 DESCRIPTION = ("Multi-interest candidate retrieval (MIND, ComiRec, UMI): ingest, validate (Great Expectations), "
-               "split, train per model (Lightning), evaluate, faiss index, gated A/B export.")
+               "split, train per model (Lightning), evaluate, faiss index, gate against the registry's prod model "
+               "and publish the approved bundle to it.")
 
 #: Steps that are safe to retry (pure functions of their inputs, writing only their own outputs).
 RETRIED = ("ingest", "split", "train", "evaluate", "build_index")
@@ -62,13 +75,19 @@ def train_accelerators(train: Mapping[str, Any]) -> int:
     return devices
 
 
+#: Steps never cached: their result depends on state outside their inputs (the registry's current prod).
+UNCACHED = ("gate_export",)
+
+
 def _configure(task: dsl.PipelineTask, step: str, cfg: KfpConfig) -> dsl.PipelineTask:
     res = cfg.resources_for(step)
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
-    task.set_caching_options(True)
+    task.set_caching_options(step not in UNCACHED)
     if step in RETRIED and cfg.retries:
         task.set_retry(num_retries=cfg.retries, backoff_duration="30s", backoff_factor=2.0)
+    if step in VOLUME_STEPS and cfg.volumes:
+        task.platform_config["kubernetes"] = cfg.kubernetes_config()
     return task
 
 
@@ -81,6 +100,7 @@ def build_pipeline(params: Mapping[str, Any], *, image: Optional[str] = None):
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def multi_interest_retrieval(
+        registry_uri: str,
         seed: int = defaults["seed"],
         ingest: str = defaults["ingest"],
         validate: str = defaults["validate"],
@@ -91,11 +111,13 @@ def build_pipeline(params: Mapping[str, Any], *, image: Optional[str] = None):
         index: str = defaults["index"],
         export: str = defaults["export"],
         gates: str = defaults["gates"],
+        input_uri: str = "",
     ):
         plan = _configure(c.check_params(seed=seed, ingest=ingest, validate=validate, split=split, models=models,
-                                         train=train, evaluate=evaluate, index=index, export=export, gates=gates),
+                                         train=train, evaluate=evaluate, index=index, export=export, gates=gates,
+                                         registry_uri=registry_uri, input_uri=input_uri),
                           "check_params", cfg)
-        ingested = _configure(c.ingest(ingest=ingest, seed=seed), "ingest", cfg).after(plan)
+        ingested = _configure(c.ingest(ingest=ingest, seed=seed, input_uri=input_uri), "ingest", cfg).after(plan)
         validated = _configure(c.validate(validate=validate, data=ingested.outputs["data"]), "validate", cfg)
         splitted = _configure(c.split(split=split, seed=seed, data=ingested.outputs["data"]), "split", cfg)
         splitted.after(validated)
@@ -111,12 +133,10 @@ def build_pipeline(params: Mapping[str, Any], *, image: Optional[str] = None):
                                  "build_index", cfg)
 
         _configure(c.report(evaluations=dsl.Collected(evaluated.outputs["evaluation"])), "report", cfg)
-        gated = _configure(c.gate(export=export, gates=gates, models=dsl.Collected(trained.outputs["model"]),
-                                  evaluations=dsl.Collected(evaluated.outputs["evaluation"]),
-                                  indexes=dsl.Collected(indexed.outputs["faiss_index"])), "gate", cfg)
-        # Only the single unnamed output works in kfp.local's condition evaluator (a named one is not resolved).
-        with dsl.If(gated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP expression)
-            _configure(c.export(export=export, gates=gates, models=models, evaluate=evaluate, index=index,
-                                split_data=split_data, candidate=gated.outputs["candidate"]), "export", cfg)
+        _configure(c.gate_export(export=export, gates=gates, models=models, train=train, evaluate=evaluate,
+                                 index=index, seed=seed, registry_uri=registry_uri, split_data=split_data,
+                                 trained=dsl.Collected(trained.outputs["model"]),
+                                 evaluations=dsl.Collected(evaluated.outputs["evaluation"]),
+                                 indexes=dsl.Collected(indexed.outputs["faiss_index"])), "gate_export", cfg)
 
     return multi_interest_retrieval

@@ -46,7 +46,9 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 
 #: Component (step) names of the pipeline, as used in ``kfp.resources``.
 STEP_NAMES = ("check_params", "ingest", "validate", "split", "train", "evaluate", "build_index", "report",
-              "gate", "export")
+              "gate_export")
+#: Steps that get ``kfp.volumes`` mounted: the ones reading ``input_uri`` or the registry at ``registry_uri``.
+VOLUME_STEPS = ("ingest", "gate_export")
 
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -80,6 +82,9 @@ class KfpConfig:
     """Models trained at the same time by the ParallelFor (0 = all at once)."""
     resources: dict[str, Resources] = field(default_factory=dict)
     """Requests/limits per step name; ``default`` applies to every step not listed."""
+    volumes: dict[str, str] = field(default_factory=dict)
+    """PersistentVolumeClaims mounted into ingest and gate_export, {claim name: mount path}: where the registry
+    location (``registry_uri``, e.g. /mnt/registry) and a run's input (``input_uri``) live on a cluster."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -91,6 +96,23 @@ class KfpConfig:
         unknown = sorted(set(self.resources) - set(STEP_NAMES) - {"default"})
         if unknown:
             raise ValueError(f"resources: unknown step(s) {unknown} (known: default, {', '.join(STEP_NAMES)})")
+        for claim, mount in self.volumes.items():
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", claim):
+                raise ValueError(f"volumes: {claim!r} is not a PersistentVolumeClaim name (lower-case DNS name)")
+            if not isinstance(mount, str) or not mount.startswith("/"):
+                raise ValueError(f"volumes.{claim}: mount path must be absolute, got {mount!r}")
+        mounts = list(self.volumes.values())
+        if len(set(mounts)) != len(mounts):
+            raise ValueError(f"volumes: two claims mounted at the same path ({mounts})")
+
+    def kubernetes_config(self) -> dict[str, Any]:
+        """The KFP Kubernetes platform config mounting :attr:`volumes` (what ``kfp-kubernetes``'s ``mount_pvc``
+        writes: the claim as a constant ``pvcNameParameter``, plus the older ``constant`` field that KFP backends
+        before 2.4 read); empty when there are no volumes."""
+        if not self.volumes:
+            return {}
+        return {"pvcMount": [{"constant": claim, "pvcNameParameter": {"runtimeValue": {"constant": claim}},
+                              "mountPath": mount} for claim, mount in self.volumes.items()]}
 
     def resources_for(self, step: str) -> Resources:
         """The resources of ``step``: its own entry, else ``default``, else :class:`Resources` defaults."""

@@ -10,7 +10,7 @@ stay the exact functions DVC runs. Each function:
 - returns the numbers to log as KFP ``Metrics`` (see :func:`log_metrics`).
 
 Models, evaluations and indexes produced inside the ``ParallelFor`` carry their variant name in the artifact
-metadata (``variant``); the fan-in steps (report, gate) find the candidate and the baseline by it.
+metadata (``variant``); the fan-in steps (report, gate_export) find the candidate and the baseline by it.
 """
 from __future__ import annotations
 
@@ -81,14 +81,18 @@ def _check_constructor(name: str, variant, cfg) -> None:
 
 # ------------------------------------------------------------------------------------------- check_params
 def check_params(*, seed: int, ingest: str, validate: str, split: str, models: str, train: str, evaluate: str,
-                 index: str, export: str, gates: str) -> list[str]:
+                 index: str, export: str, gates: str, registry_uri: str | None = None,
+                 input_uri: str = "") -> list[str]:
     """Load every section strictly; return one JSON spec ``{"variant", "model"}`` per model in ``train.models``.
 
     Runs before any work, so a typo in any section fails the run in seconds, naming the key. Also checks what
-    only the pipeline needs: the export candidate and baseline must be among the trained models (the gate
-    finds them among the ParallelFor's outputs).
+    only the pipeline needs: ``export.candidate`` and ``gates.baseline.model`` must be among the trained models
+    (gate_export finds them among the ParallelFor's outputs), ``registry_uri`` (when given: the pipeline always
+    gives it) must be a folder path, and ``input_uri`` a path the configured ``ingest.source`` reads.
     """
     _seed(seed)
+    if registry_uri is not None:
+        local_location(registry_uri, "registry_uri")
     sections = dict(ingest=ingest, validate=validate, split=split, train=train, evaluate=evaluate, index=index,
                     export=export, gates=gates)
     loaded = {name: load_section(name, text) for name, text in sections.items()}
@@ -106,19 +110,46 @@ def check_params(*, seed: int, ingest: str, validate: str, split: str, models: s
         _check_constructor(name, variant, variant.train_config(cfg))  # also validates per-model overrides
         specs.append(json.dumps({VARIANT_KEY: name, "model": model_entries[name]}))
     exp = loaded["export"]
-    for role in ("candidate", "baseline"):
-        name = getattr(exp, role)
-        if name not in cfg.models:
-            raise ParamsError(f"export.{role}: {name!r} is not trained by this run (train.models: {cfg.models})")
+    if exp.candidate not in cfg.models:
+        raise ParamsError(f"export.candidate: {exp.candidate!r} is not trained by this run "
+                          f"(train.models: {cfg.models})")
+    loaded["gates"].require_models(cfg.models)
+    if input_uri:
+        input_config(loaded["ingest"], input_uri)
     return specs
 
 
+def input_config(cfg, input_uri: str):
+    """``cfg`` (an IngestConfig) reading ``input_uri`` instead of ``ingest.path``; ``cfg`` when it is empty.
+
+    ParamsError when the source reads no input file (``synthetic``) or the URI is an object-store URI.
+    """
+    import dataclasses
+
+    if not input_uri:
+        return cfg
+    path = local_location(input_uri, "input_uri")
+    if cfg.source == "synthetic":
+        raise ParamsError(f"input_uri: {input_uri!r} given, but ingest.source is 'synthetic', which reads no "
+                          "input; set ingest.source to the input's format (csv, parquet, movielens-100k, ...)")
+    try:
+        return dataclasses.replace(cfg, path=Path(path))
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"input_uri: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------------- steps
-def ingest(section: str, out_dir: str, *, seed: int) -> dict:
-    """components.ingest.run into ``out_dir`` (the Dataset artifact)."""
+def ingest(section: str, out_dir: str, *, seed: int, input_uri: str = "") -> dict:
+    """components.ingest.run into ``out_dir`` (the Dataset artifact).
+
+    ``input_uri`` (the pipeline parameter), when non-empty, replaces ``ingest.path``: the run reads its input
+    from there (a folder path: on a cluster a mounted PVC, e.g. ``/mnt/data/ratings.csv``), so nothing depends on
+    files baked into the image or left by an earlier run.
+    """
     from components import ingest as step
 
-    return step.run(load_section("ingest", section), Path(out_dir), seed=_seed(seed))
+    cfg = input_config(load_section("ingest", section), input_uri)
+    return step.run(cfg, Path(out_dir), seed=_seed(seed))
 
 
 def validate(section: str, data_dir: str, out_dir: str, docs_html: str) -> dict:
@@ -188,94 +219,138 @@ def report(evaluations: Sequence[tuple[str, Mapping[str, Any]]], out_path: str) 
     step.report(by_variant(evaluations, "evaluation"), Path(out_path))
 
 
-# ------------------------------------------------------------------------------------------ gate and export
-ROLES = ("candidate", "baseline")
+# ----------------------------------------------------------------------------------------- registry and gate
+#: URI schemes a registry location or input could one day have; only folder paths work today (see
+#: :func:`local_location`).
+_REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "minio://", "http://", "https://", "oci://")
 LAYOUT = {"models": "models", "evaluations": "eval", "indexes": "index"}  # fan-in -> folder (as artifacts/)
 
 
-def gate(export: str, gates: str, models: Sequence[tuple[str, Mapping[str, Any]]],
-         evaluations: Sequence[tuple[str, Mapping[str, Any]]], indexes: Sequence[tuple[str, Mapping[str, Any]]],
-         out_dir: str, verdict_path: str, metrics=None) -> bool:
-    """The quality gate of the run, with ``components.gates.check`` (the rule ``components.export`` applies).
+def local_location(uri: str, key: str) -> str:
+    """``uri`` as a folder path (``file://`` stripped); ParamsError naming ``key`` for an object-store URI.
 
-    In a KFP run the bundle store starts empty, so - exactly as ``components.export.run`` does on a first run -
-    the baseline is the champion the candidate is compared with. Lays the candidate's and the baseline's model,
-    evaluation and index out in ``out_dir`` as ``models/<variant>``, ``eval/<variant>``, ``index/<variant>``
-    (the folders ``components.export`` reads), writes the verdict (Markdown) and returns whether it passed.
+    On a cluster the path is a mounted volume (a PVC at e.g. ``/mnt/registry``: ``kfp.volumes``); reading and
+    writing an object store directly is future work (docs/RUNNING.md).
     """
-    from components import gates as rules_mod
-    from components.io import atomic_dir
+    if not isinstance(uri, str) or not uri.strip():
+        raise ParamsError(f"{key}: expected a folder path (on a cluster a mounted PVC such as /mnt/registry), "
+                          f"got {uri!r}")
+    uri = uri.strip()
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if uri.lower().startswith(_REMOTE_SCHEMES):
+        raise ParamsError(f"{key}: {uri!r}: object-store URIs are not supported yet; mount the bucket or a PVC "
+                          "into the pods (params.yaml kfp.volumes) and pass the mounted folder path")
+    return uri
+
+
+def gate_export(*, export: str, gates: str, models: str, train: str, evaluate: str, index: str, seed: int,
+                registry_uri: str, split_dir: str, trained: Sequence[tuple[str, Mapping[str, Any]]],
+                evaluations: Sequence[tuple[str, Mapping[str, Any]]],
+                indexes: Sequence[tuple[str, Mapping[str, Any]]], result_dir: str, verdict_path: str,
+                bundle_dir: str, metrics=None, bundle_metadata: MutableMapping[str, Any] | None = None) -> bool:
+    """The TFX resolver + evaluator + pusher of a run: :func:`components.export.run` against the registry.
+
+    The production model is resolved from the registry location at ``registry_uri``
+    (:meth:`components.registry.Registry.location`, created on first use), never from this run's models;
+    ``components.export.run`` bundles this run's candidate, evaluates it and prod on the current test users
+    through the serving path, decides (floors, paired test vs the run's baseline model, paired test vs prod) and,
+    when approved, publishes the bundle to the location and assigns it ``prod`` (``publish=True``).
+
+    The candidate's and the baseline's model, evaluation and index folders from the ParallelFor's fan-in are
+    linked into a scratch folder as ``models/<variant>``, ``eval/<variant>``, ``index/<variant>`` (the layout
+    ``components.export`` reads); the candidate's bundle is staged in that scratch folder too.
+
+    Writes ``result_dir`` (verdict.json, verdict.md, ab.json), ``verdict_path`` (the Markdown verdict) and, when
+    promoted, the published bundle's files into ``bundle_dir`` (the Model artifact; its metadata names the
+    bundle, the registry version and location). A blocked candidate writes no bundle. The verdict never fails
+    the task: a blocked candidate is a result, like TFX's Pusher skipped by an unblessed model.
+
+    Returns:
+        whether the candidate was promoted.
+    """
+    import tempfile
+
+    from components import export as step
+    from components.registry import Registry, RegistryError
 
     exp = load_section("export", export)
     rules = load_section("gates", gates)
-    found = {kind: by_variant(arts, kind) for kind, arts in
-             (("models", models), ("evaluations", evaluations), ("indexes", indexes))}
-    names = {role: getattr(exp, role) for role in ROLES}
-    for kind, paths in found.items():
-        for role, name in names.items():
-            if name not in paths:
-                raise ParamsError(f"export.{role}: no {kind[:-1]} for {name!r} among this run's "
-                                  f"({', '.join(sorted(paths)) or 'none'})")
-    with atomic_dir(out_dir) as tmp:
-        for kind, folder in LAYOUT.items():
-            for name in sorted(set(names.values())):
-                shutil.copytree(found[kind][name], tmp / folder / name)
-    evals = Path(out_dir) / LAYOUT["evaluations"]
-    candidate = json.loads((evals / names["candidate"] / "metrics.json").read_text())
-    champion = json.loads((evals / names["baseline"] / "metrics.json").read_text())
-    result = rules_mod.check(rules, candidate, champion, candidate_name=names["candidate"],
-                             champion_name=names["baseline"])
-    write_verdict(result, verdict_path)
-    if metrics is not None:
-        log_metrics(metrics, gate_figures(result))
-    return bool(result.passed)
-
-
-def gate_figures(result) -> dict[str, float]:
-    """The gate's numbers for the KFP UI: passed (1/0), and per rule the candidate's value and the threshold."""
-    out: dict[str, float] = {"passed": float(result.passed)}
-    for r in result.rules:
-        out[f"{r.rule}.candidate"] = r.candidate
-        out[f"{r.rule}.threshold"] = r.threshold
-        out[f"{r.rule}.passed"] = float(r.passed)
-    return out
-
-
-def write_verdict(result, path: str) -> None:
-    """The gate's decision as Markdown (shown in the KFP UI): every rule with both figures side by side."""
-    head = "PASSED: the candidate is exported" if result.passed else "BLOCKED: no bundle is promoted"
-    lines = [f"# Quality gate {head}", "", f"candidate **{result.candidate}** vs champion **{result.champion}** "
-             "(in a pipeline run the baseline trained alongside is the champion)", "",
-             "| rule | candidate | reference | must reach | result |", "|---|---:|---:|---:|---|"]
-    for r in result.rules:
-        lines.append(f"| {r.rule} | {r.candidate:.4f} | {r.reference:.4f} | {r.threshold:.4f} | "
-                     f"{'pass' if r.passed else '**FAIL**'} |")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines) + "\n")
-
-
-def export(export: str, gates: str, models: str, evaluate: str, index: str, split_dir: str, candidate_dir: str,
-           out_dir: str, *, metadata: MutableMapping[str, Any]) -> dict:
-    """components.export.run on the gate's layout; the bundle store is ``out_dir`` (the Model artifact).
-
-    Runs only under the passed gate; ``components.export.run`` applies the same gate again (it raises
-    ``GateFailed`` on a disagreement, which would fail the task rather than promote). ``out_dir`` ends up
-    holding the baseline's bundle (initial champion), the candidate's bundle, the ``champion`` pointer (the
-    candidate), ``ab.json`` and ``gate.json``.
-    """
-    from components import export as step
-
-    exp = load_section("export", export)
-    layout = Path(candidate_dir)
-    paths = step.ExportPaths(models_dir=layout / LAYOUT["models"], eval_dir=layout / LAYOUT["evaluations"],
-                             index_dir=layout / LAYOUT["indexes"], split_dir=Path(split_dir),
-                             bundles_dir=Path(out_dir))
+    location = local_location(registry_uri, "registry_uri")
     params = {name: _decode(name, text) for name, text in
-              (("models", models), ("evaluate", evaluate), ("index", index), ("export", export), ("gates", gates))}
-    out = step.run(exp, load_section("gates", gates), paths, params)
-    metadata[VARIANT_KEY] = exp.candidate
-    metadata["champion"] = out["champion"]
-    return out
+              (("models", models), ("train", train), ("evaluate", evaluate), ("index", index), ("export", export),
+               ("gates", gates))}
+    params["seed"] = _seed(seed)
+    baseline = rules.baseline.model if rules.baseline is not None else None
+    needed = sorted({exp.candidate, *([baseline] if baseline else [])})
+    found = {kind: by_variant(arts, kind) for kind, arts in
+             (("models", trained), ("evaluations", evaluations), ("indexes", indexes))}
+    for kind, paths in found.items():
+        for name in needed:
+            if name not in paths:
+                raise ParamsError(f"{_role(exp, rules, name)}: no {kind[:-1]} for {name!r} among this run's "
+                                  f"({', '.join(sorted(paths)) or 'none'})")
+    try:
+        registry = Registry.location(location)
+    except (RegistryError, OSError) as exc:
+        raise ParamsError(f"registry_uri: cannot open the registry location {location!r}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="gate-export-") as scratch:
+        work = Path(scratch)
+        for kind, folder in LAYOUT.items():
+            (work / folder).mkdir()
+            for name in needed:
+                (work / folder / name).symlink_to(Path(found[kind][name]).resolve(), target_is_directory=True)
+        paths = step.ExportPaths(models_dir=work / "models", eval_dir=work / "eval", index_dir=work / "index",
+                                 split_dir=Path(split_dir), bundles_dir=work / "bundles")
+        verdict = step.run(exp, rules, paths, params, registry=registry, out_dir=Path(result_dir), publish=True)
+    promoted = bool(verdict["promote"])
+    Path(verdict_path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(result_dir) / "verdict.md", verdict_path)
+    prod = registry.prod()
+    if promoted:
+        shutil.copytree(registry.bundle_path(prod), bundle_dir, dirs_exist_ok=True)
+    if bundle_metadata is not None:
+        bundle_metadata.update({"promoted": promoted, "registry": str(location),
+                                "candidate": candidate_bundle(verdict),
+                                "prod_bundle": prod.bundle if prod else None,
+                                "prod_version": prod.version if prod else None})
+        if promoted:
+            bundle_metadata[VARIANT_KEY] = exp.candidate
+    if metrics is not None:
+        log_metrics(metrics, verdict_figures(verdict))
+    return promoted
+
+
+def _role(exp, rules, name: str) -> str:
+    return "export.candidate" if name == exp.candidate else "gates.baseline.model"
+
+
+def candidate_bundle(verdict: Mapping[str, Any]) -> str | None:
+    """The candidate's bundle name in a ``components.export`` verdict."""
+    name = (verdict.get("export") or {}).get("candidate_bundle") or verdict.get("candidate")
+    return name.get("bundle") if isinstance(name, Mapping) else name
+
+
+def verdict_figures(verdict: Mapping[str, Any]) -> dict[str, float]:
+    """The verdict's numbers for the KFP UI: ``promote`` (1/0), each model's means, and per rule its figures."""
+    out: dict[str, float] = {"promote": float(bool(verdict.get("promote")))}
+    roles = {name: role for name, role in ((verdict.get("baseline"), "baseline"), (verdict.get("prod"), "prod"),
+                                           (candidate_bundle(verdict), "candidate")) if isinstance(name, str)}
+    for name, figures in (verdict.get("figures") or {}).items():
+        role = roles.get(name, name)
+        for metric, value in figures.items():
+            out[f"{role}.{metric}"] = value
+    for rule in verdict.get("rules") or []:
+        key = rule["kind"] if rule["kind"] != "floor" else f"floor {rule['metric']}"
+        out[f"{key}.passed"] = float(rule["passed"])
+        test = rule.get("test") or {}
+        if test.get("difference") is not None:
+            out[f"{key}.difference"] = test["difference"]
+        if test.get("ci_low") is not None:
+            out[f"{key}.ci_low"] = test["ci_low"]
+        if test.get("p_value") is not None:
+            out[f"{key}.p_value"] = test["p_value"]
+    return flat_metrics(out)
 
 
 # ------------------------------------------------------------------------------------------- fan-in helpers
