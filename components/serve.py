@@ -31,8 +31,10 @@ unknown model 404, not ready 503. A bad request fails alone, never its batch, an
 Batching: each loaded bundle has one worker thread (``Recommender`` is not thread-safe) fed by an asyncio
 queue; the batcher takes every request queued while the previous batch ran (up to ``max_batch``, optionally
 waiting ``max_wait_ms`` for more) and answers them in one thread hop — ``recommend_batch`` per (n, λ) group
-(``batch_mode="batch"``) or ``recommend`` per request (``"loop"``; the default, measured faster on the
-100k-item bundle: benchmarks/serving_http.py). Either way the lists equal ``components.evaluate``'s.
+(``batch_mode="batch"``, the default) or ``recommend`` per request (``"loop"``). Either way the lists equal
+``components.evaluate``'s. Batching pays on the 100k-item bundle (K = 4, D = 64, one thread, thread-CPU per
+user): 5.6 ms one by one, 2.0 ms in batches of 8, 1.9 ms in batches of 32 — one pass over the 25.6 MB item
+table serves the whole batch; HTTP figures in benchmarks/serving_http.py.
 
 What to serve is a pluggable *resolver*: a function returning a :class:`Resolution` (arm → bundle folder,
 optional :class:`~components.serving.ABSpec`): :func:`fixed_bundle`, :func:`registry_prod` (the registry's
@@ -340,7 +342,7 @@ class Service:
 
     def __init__(self, resolver: Resolver, *, model_name: str = DEFAULT_MODEL_NAME,
                  exposure_log: str | Path | None = None, poll_s: float = 2.0, max_batch: int = 32,
-                 max_wait_ms: float = 0.0, batch_mode: str = "loop", num_threads: int | None = 1):
+                 max_wait_ms: float = 0.0, batch_mode: str = "batch", num_threads: int | None = 1):
         if batch_mode not in ("batch", "loop"):
             raise ValueError(f"batch_mode must be 'batch' or 'loop', got {batch_mode!r}")
         self.resolver, self.model_name, self.poll_s = resolver, model_name, poll_s
@@ -769,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--poll-s", type=float, default=2.0, help="seconds between checks for a new model (0: never)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
-    p.add_argument("--batch-mode", choices=("loop", "batch"), default="loop")
+    p.add_argument("--batch-mode", choices=("loop", "batch"), default="batch")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of each worker")
     args = p.parse_args(argv)
 
