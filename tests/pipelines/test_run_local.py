@@ -62,7 +62,7 @@ def test_full_run_succeeds_and_promotes_the_candidate(passed):
     ab = json.loads((passed.bundle / "ab.json").read_text())
     assert ab["treatment"]["bundle"] == champion["bundle"]
     assert ab["control"]["model"] == "youtube_dnn"  # the baseline trained in the same run is the champion
-    for name in ("user_tower.pt", "item_embeddings.npy", "index.faiss", "vocab.json"):
+    for name in ("weights.safetensors", "user_tower.onnx", "item_embeddings.npy", "index.faiss", "vocab.json"):
         assert (passed.bundle / champion["bundle"] / name).is_file(), name
     assert "PASSED" in passed.verdict
 
