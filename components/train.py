@@ -605,9 +605,19 @@ def _fit_counts(cfg: TrainConfig, net, meta, split_dir: Path, staging: Path, ext
         writer = csv.writer(fh)
         writer.writerow(["epoch", "step", "train/loss", MONITOR])
         writer.writerow([0, 0, "", recall])
-    # same key layout as a Lightning checkpoint of RetrievalTask (state_dict keys prefixed "model.")
-    torch.save({"epoch": 0, "global_step": 0,
-                "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}},
+    # a Lightning checkpoint of RetrievalTask like a trained model's: load_from_checkpoint rebuilds it
+    import pytorch_lightning as pl
+
+    from components.task import RetrievalTask
+
+    task = RetrievalTask(arch=extra_base["model"]["arch"], model_hparams=dict(net.config),
+                         num_negatives=cfg.num_negatives, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         sampler=cfg.sampler, in_batch_negatives=cfg.in_batch_negatives,
+                         attention_pow=extra_base["model"]["attention_pow"],
+                         harder_negatives=extra_base["model"]["harder_negatives"], seed=extra_base["seed"],
+                         model=net, item_counts=meta.item_counts)
+    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": pl.__version__,
+                "state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)},
                staging / "best.ckpt")
     M.save_model(net, staging / "model.pt", extra={**extra_base, key: recall, "best_epoch": 0})
     return {"variant": extra_base["variant"], "arch": extra_base["model"]["arch"], key: recall,

@@ -162,6 +162,19 @@ def test_checkpoint_rebuilds_the_task_alone(split, tmp_path):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_most_popular_checkpoint_loads_too(split, tmp_path):
+    import models as M
+    from components.task import RetrievalTask
+
+    run(TrainConfig(**TINY), ModelConfig(name="pop", arch="most_popular"), split, tmp_path / "pop", seed=0)
+    task = RetrievalTask.load_from_checkpoint(tmp_path / "pop" / "best.ckpt", map_location="cpu")
+    ids = torch.arange(load_split_meta(split).num_items)
+    saved = M.load_model(tmp_path / "pop" / "model.pt")
+    assert task.hparams["arch"] == "most_popular"
+    assert torch.equal(task.model.item_embeddings(ids), saved.item_embeddings(ids))
+    assert task.model.item_embeddings(ids).abs().sum() > 0  # the counts, not a fresh model's zeros
+
+
 def test_make_task_wrapper_keeps_the_given_model_and_checks_log_q(split):
     import models as M
     from components.train import make_task
