@@ -1,6 +1,6 @@
 """ab: analyse a served A/B test — the exposure log of ``components.serve`` plus an outcome log.
 
-    python -m components.ab --exposures exposures.jsonl --outcomes clicks.jsonl [--metric conversion]
+    python -m components.ab --exposures exposures-*.jsonl --outcomes clicks.jsonl [--metric conversion]
         [--served-items-only] [--confidence 0.95] [--out ab_report.json]
 
 Inputs:
@@ -174,7 +174,8 @@ def analyse(exposures, outcomes, *, metric: str = "conversion", served_items_onl
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m components.ab", description=__doc__.split("\n")[0])
-    p.add_argument("--exposures", type=Path, required=True, help="JSON lines from components.serve")
+    p.add_argument("--exposures", type=Path, nargs="+", required=True,
+                   help="JSON lines from components.serve (several files: one per replica)")
     p.add_argument("--outcomes", type=Path, required=True, help="JSON lines or .parquet: user[, time, item]")
     p.add_argument("--metric", choices=METRICS, default="conversion")
     p.add_argument("--served-items-only", action="store_true")
@@ -183,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body() -> None:
-        report = analyse(load_exposures(args.exposures), load_outcomes(args.outcomes), metric=args.metric,
+        import pandas as pd
+
+        exposures = pd.concat([load_exposures(p) for p in args.exposures], ignore_index=True)
+        report = analyse(exposures, load_outcomes(args.outcomes), metric=args.metric,
                          served_items_only=args.served_items_only, confidence=args.confidence,
                          outcomes_path=args.outcomes)
         lvl = f"{100 * report['confidence']:g}%"

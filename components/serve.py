@@ -753,7 +753,8 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (the KServe manifest's args are checked against it)."""
     p = argparse.ArgumentParser(prog="python -m components.serve", description=__doc__.split("\n")[0])
     what = p.add_argument_group("what to serve (one of)")
     what.add_argument("--bundle", type=Path, help="one bundle folder, served as is")
@@ -773,7 +774,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--batch-mode", choices=("loop", "batch"), default="batch")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of each worker")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     def body() -> None:
         chosen = [x for x in (args.bundle, args.ab, args.resolver, args.registry, args.pointer) if x is not None]

@@ -291,3 +291,22 @@ def test_promoting_a_new_model_while_requests_flow_drops_none(bundles, tmp_path)
         assert r.status_code == 200 and r.json()["arms"] == {"production": bundles["a"].name}
         assert httpx.post(url + "/recommend", json={"history": hist, "n": 10}).json()["bundle"] == bundles["a"].name
         assert _metric(httpx.get(url + "/metrics").text, "mir_reloads_total", outcome="loaded") >= 3
+
+
+def test_kserve_manifest_runs_this_cli_with_probes_on_its_port():
+    import yaml
+
+    from components.serve import build_parser
+
+    (isvc,) = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "inferenceservice.yaml").read_text()))
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    (c,) = isvc["spec"]["predictor"]["containers"]
+    assert c["command"] == ["python", "-m", "components.serve"]
+    args = build_parser().parse_args(c["args"])  # every flag exists and parses (argparse exits otherwise)
+    assert args.host == "0.0.0.0" and c["ports"][0]["containerPort"] == args.port
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": args.port}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": args.port}
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in isvc["spec"]["predictor"]["volumes"]}
+    storage = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "storage.yaml").read_text()))
+    assert claims <= {d["metadata"]["name"] for d in storage if d and d["kind"] == "PersistentVolumeClaim"}
