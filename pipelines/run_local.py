@@ -19,6 +19,13 @@ run's gate_export resolves the production model there and publishes an approved 
 does with a PVC path. ``--input PATH`` is the pipeline's ``input_uri``: the file or folder ingest reads instead
 of ``ingest.path``.
 
+``--runner docker --image IMAGE`` runs every task in a container of IMAGE with ``kfp.local.DockerRunner`` (a
+Docker engine, or podman's Docker-compatible API through ``DOCKER_HOST``). The runner's stock container
+handling auto-removes each container and, when it is gone before its status is read, reports success: here
+every container is kept until its real exit status is read, then removed, and a run with any non-zero status
+or a task without its executor output fails, whatever kfp.local concluded. The pipeline root is made
+group-writable (setgid, umask 002) so the image's user (uid 10001, group 0) can write its outputs.
+
 Exit status: 0 when the run succeeded, whatever the verdict (it is printed: promoted or blocked, and the
 registry's prod); 1 when a task failed, or the candidate was blocked with ``--fail-if-blocked``; 2 for bad
 params or overrides.
@@ -81,6 +88,7 @@ class LocalRun:
     versions: list[str] = field(default_factory=list)  # "v0.0.1=<bundle>", oldest first
     seconds: float = 0.0
     tasks: list[str] = field(default_factory=list)
+    container_statuses: list[int] = field(default_factory=list)
 
     def exit_code(self, fail_if_blocked: bool = False) -> int:
         if not self.succeeded:
@@ -103,12 +111,41 @@ def check(params: dict, *, registry: str | Path = DEFAULT_REGISTRY, input_uri: s
                         input_uri=str(input_uri) if input_uri else "")
 
 
+class _ContainerStatuses:
+    """Runs each kfp.local container without auto-remove, reads its real exit status, then removes it.
+
+    ``extra_volumes``: host folders mounted at the same path besides the pipeline root (the registry, the input).
+    """
+
+    def __init__(self, extra_volumes: dict) -> None:
+        self.extra_volumes = extra_volumes
+        self.statuses: list[tuple[str, int]] = []
+
+    def __call__(self, client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+        from kfp.local import docker_task_handler
+
+        run_args.pop("auto_remove", None)
+        container = client.containers.run(image=docker_task_handler.add_latest_tag_if_not_present(image),
+                                          command=command, detach=True, stdout=True, stderr=True,
+                                          volumes={**self.extra_volumes, **volumes}, auto_remove=False, **run_args)
+        try:
+            for line in container.logs(stream=True, follow=True):
+                print(line.decode(errors="replace"), end="")
+            code = int(container.wait()["StatusCode"])
+        finally:
+            container.remove(force=True)
+        self.statuses.append((container.short_id, code))
+        return code
+
+
 def run(params: dict, *, pipeline_root: str | Path = DEFAULT_ROOT, cache: bool = False,
-        registry: str | Path = DEFAULT_REGISTRY, input_uri: str | Path = "") -> LocalRun:
+        registry: str | Path = DEFAULT_REGISTRY, input_uri: str | Path = "", runner: str = "subprocess",
+        image: str | None = None) -> LocalRun:
     """Run the pipeline for ``params`` with kfp.local's subprocess runner; describe what it produced.
 
     ``registry`` is the registry location (a folder, created on first use) shared by runs; ``input_uri`` the
-    pipeline's ``input_uri`` (read by ingest instead of ``ingest.path`` when non-empty).
+    pipeline's ``input_uri`` (read by ingest instead of ``ingest.path`` when non-empty). ``runner``:
+    ``subprocess`` (tasks run in this environment) or ``docker`` (each task in a container of ``image``).
     """
     from kfp import local
 
@@ -120,10 +157,29 @@ def run(params: dict, *, pipeline_root: str | Path = DEFAULT_ROOT, cache: bool =
     root = Path(pipeline_root).resolve()
     registry_dir = Path(registry).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(params)  # the image is irrelevant locally: tasks run in this environment
+    statuses = None
+    if runner == "docker":
+        if not image:
+            raise ParamsError("--runner docker needs --image IMAGE (build it with `make image`)")
+        from kfp.local import docker_task_handler
+
+        registry_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (root, registry_dir):  # the image's user has group 0: it writes where kfp.local points it
+            folder.chmod(0o2775)
+        mounts = {str(registry_dir): {"bind": str(registry_dir), "mode": "rw"}}
+        if input_uri:
+            source = Path(input_uri).resolve()
+            mounts[str(source)] = {"bind": str(source), "mode": "ro"}
+        statuses = _ContainerStatuses(mounts)
+        pipeline = build_pipeline(params, image=image)
+        local_runner = local.DockerRunner()
+    elif runner == "subprocess":
+        pipeline = build_pipeline(params)  # the image is irrelevant here: tasks run in this environment
+        local_runner = local.SubprocessRunner(use_venv=False)
+    else:
+        raise ParamsError(f"runner must be subprocess or docker, got {runner!r}")
     before = set(root.glob(f"{PIPELINE_NAME}-*"))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
-               enable_caching=cache)
+    local.init(runner=local_runner, pipeline_root=str(root), raise_on_error=True, enable_caching=cache)
     t0 = time.perf_counter()
     error = ""
     # One OpenMP thread per task unless the caller chose otherwise: the ParallelFor runs two tasks at once, and
@@ -136,6 +192,10 @@ def run(params: dict, *, pipeline_root: str | Path = DEFAULT_ROOT, cache: bool =
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
         # ...and that CPU/memory requests and accelerators have no effect locally (they are for the cluster).
         warnings.filterwarnings("ignore", message=".*have no effect.*", category=UserWarning)
+        saved_umask = os.umask(0o002) if statuses is not None else None
+        saved_run = None
+        if statuses is not None:
+            saved_run, docker_task_handler.run_docker_container = docker_task_handler.run_docker_container, statuses
         try:
             pipeline(registry_uri=str(registry_dir), input_uri=str(Path(input_uri).resolve()) if input_uri else "")
             succeeded = True
@@ -144,6 +204,10 @@ def run(params: dict, *, pipeline_root: str | Path = DEFAULT_ROOT, cache: bool =
         finally:
             if saved_threads is None:
                 os.environ.pop("OMP_NUM_THREADS", None)
+            if saved_run is not None:
+                docker_task_handler.run_docker_container = saved_run
+            if saved_umask is not None:
+                os.umask(saved_umask)
     seconds = time.perf_counter() - t0
     new = sorted(set(root.glob(f"{PIPELINE_NAME}-*")) - before)
     run_dir = new[-1] if new else None
@@ -166,6 +230,16 @@ def run(params: dict, *, pipeline_root: str | Path = DEFAULT_ROOT, cache: bool =
         prod = reg.prod()
         result.prod = prod.bundle if prod else None
         result.versions = [f"{v.version}={v.bundle}" for v in reg.versions()]
+    if statuses is not None:
+        result.container_statuses = [code for _, code in statuses.statuses]
+        failed = [f"container {cid} exited {code}" for cid, code in statuses.statuses if code != 0]
+        if result.succeeded and failed:  # whatever kfp.local concluded
+            result.succeeded, result.error = False, "; ".join(failed)
+        elif result.succeeded and len(result.tasks) < len(statuses.statuses):
+            result.succeeded = False
+            result.error = f"{len(statuses.statuses)} containers ran, {len(result.tasks)} wrote executor outputs"
+        if not result.succeeded:
+            result.bundle = None
     return result
 
 
@@ -201,12 +275,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--input", default="", metavar="PATH",
                     help="input_uri: the file or folder ingest reads instead of ingest.path")
     ap.add_argument("--fail-if-blocked", action="store_true", help="exit 1 when the gate blocks the candidate")
+    ap.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                    help="subprocess: tasks run in this environment; docker: each in a container of --image")
+    ap.add_argument("--image", help="component image for --runner docker (make image)")
     args = ap.parse_args(argv)
     try:
         params = local_params(args.params, args.overrides, small=not args.full)
         check(params, registry=args.registry, input_uri=args.input)
         result = run(params, pipeline_root=args.pipeline_root, cache=args.cache, registry=args.registry,
-                     input_uri=args.input)
+                     input_uri=args.input, runner=args.runner, image=args.image)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
