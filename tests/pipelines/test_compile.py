@@ -17,7 +17,7 @@ import yaml
 from components.config import ParamsError, load_params
 from pipelines import settings as S
 from pipelines.compile import DEFAULT_OUT, compile_pipeline
-from pipelines.pipeline import RETRIED, build_pipeline
+from pipelines.pipeline import RETRIED, UNCACHED, build_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "registry.test/mir/multi-interest-retrieval:9.9.9"
@@ -60,7 +60,10 @@ def test_committed_pipeline_yaml_is_current(tmp_path):
 def test_defaults_mirror_params_yaml(spec):
     params = load_params(REPO / "params.yaml")
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(declared) == set(S.PARAMETERS)
+    assert set(declared) == set(S.PARAMETERS) | {"registry_uri", "input_uri"}
+    # the registry location has no default: every run names it; input_uri defaults to "" (read ingest.path)
+    assert declared["registry_uri"] == {"parameterType": "STRING"}
+    assert declared["input_uri"]["defaultValue"] == "" and declared["input_uri"].get("isOptional") is True
     assert declared["seed"]["defaultValue"] == params["seed"]
     for name in S.SECTIONS:
         assert declared[name]["parameterType"] == "STRING"
@@ -76,10 +79,11 @@ def test_every_step_runs_in_the_project_image_without_pip(spec):
         assert "pip install" not in " ".join(container["command"] + container.get("args", [])), name
 
 
-def test_dag_order_loop_and_gate(spec):
+def test_dag_order_loop_and_gate_export(spec):
     tasks = _tasks(spec)
-    assert set(tasks) >= {"check-params", "ingest", "validate", "split", "train", "evaluate", "build-index",
-                          "report", "gate", "export"}
+    loop_name = next(n for n, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t)
+    assert set(tasks) == {"check-params", "ingest", "validate", "split", "train", "evaluate", "build-index",
+                          "report", "gate-export", loop_name}
     assert "validate" in tasks["split"]["dependentTasks"]  # nothing reads the data before it is validated
     assert "check-params" in tasks["ingest"]["dependentTasks"]
     # train/evaluate/build_index live in the ParallelFor over check_params' per-model specs
@@ -87,11 +91,18 @@ def test_dag_order_loop_and_gate(spec):
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--check-params-Output"
     loop_tasks = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert set(loop_tasks) == {"train", "evaluate", "build-index"}
-    # export only under the gate's True
-    cond_name, cond = next((n, t) for n, t in spec["root"]["dag"]["tasks"].items() if "triggerPolicy" in t)
-    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
-    assert set(spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]) == {"export"}
-    assert "gate" in cond["dependentTasks"]
+    # one gate_export at the top level, no condition: it runs (and the run succeeds) whatever the verdict
+    assert not any("triggerPolicy" in t for t in tasks.values())
+    gx = spec["root"]["dag"]["tasks"]["gate-export"]
+    inputs = gx["inputs"]
+    assert inputs["parameters"]["registry_uri"] == {"componentInputParameter": "registry_uri"}
+    assert set(inputs["artifacts"]) == {"split_data", "trained", "evaluations", "indexes"}
+    outputs = spec["components"][gx["componentRef"]["name"]]["outputDefinitions"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs["artifacts"].items()} == {
+        "result": "system.Artifact", "verdict": "system.Markdown", "bundle": "system.Model",
+        "metrics": "system.Metrics"}
+    ingest_inputs = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
+    assert ingest_inputs["input_uri"] == {"componentInputParameter": "input_uri"}
 
 
 def test_caching_retries_and_resources(spec):
@@ -100,7 +111,8 @@ def test_caching_retries_and_resources(spec):
         if "executorLabel" not in spec["components"][task["componentRef"]["name"]]:
             continue  # a group, not a step
         step = name.replace("-", "_")
-        assert task["cachingOptions"]["enableCache"] is True, name
+        # gate_export's answer depends on the registry's prod, which is not among its inputs: never cached
+        assert task["cachingOptions"].get("enableCache", False) is (step not in UNCACHED), name
         if step in RETRIED and cfg.retries:
             assert task["retryPolicy"]["maxRetryCount"] == cfg.retries, name
         else:
@@ -110,6 +122,28 @@ def test_caching_retries_and_resources(spec):
         assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == (want.cpu_request, want.cpu_limit), name
         assert (res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == (want.memory_request, want.memory_limit)
         assert "accelerator" not in res, name  # params.yaml trains on CPU
+
+
+def test_volumes_are_mounted_on_ingest_and_gate_export_only(tmp_path):
+    from kfp import compiler
+
+    params = S.apply_overrides(load_params(REPO / "params.yaml"), ["kfp.volumes={mir-registry: /mnt/registry}"],
+                               allow_compile_time=True)
+    out = tmp_path / "pvc.yaml"
+    compiler.Compiler().compile(build_pipeline(params, image=IMAGE), str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert len(docs) == 2  # the pipeline spec, then the platform spec
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-ingest", "exec-gate-export"}
+    for ex in executors.values():
+        (mount,) = ex["pvcMount"]
+        assert mount["mountPath"] == "/mnt/registry"
+        assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "mir-registry"
+    assert len(list(yaml.safe_load_all(DEFAULT_OUT.read_text()))) == 1  # params.yaml mounts nothing
+    for bad, match in (("{Mir_Registry: /mnt/r}", "not a PersistentVolumeClaim name"),
+                       ("{mir-registry: mnt/r}", "must be absolute")):
+        with pytest.raises(ParamsError, match=match):
+            S.kfp_config({"kfp": {"volumes": yaml.safe_load(bad)}})
 
 
 def test_gpu_training_requests_devices_on_the_train_task_only(tmp_path):
