@@ -1,4 +1,5 @@
-"""export: bundle contents and integrity, the champion pointer, the A/B spec, data versions, atomicity."""
+"""export: the candidate bundled and gated against the registry's prod model, the verdict, the A/B spec, data
+versions; the registry location (standalone GTO repository) the way a Kubeflow run uses it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import torch
 from components import evaluate as E
 from components import export as X
 from components.config import from_dict
-from components.gates import GateFailed, GatesConfig
+from components.gates import GatesConfig
+from components.registry import Registry
 from components.io import DataError
 from components.serving import ABSpec, Recommender
 from test_evaluate import ROOT, _cfg, make_split, save_random_model
@@ -43,62 +45,130 @@ def _metrics(paths, name):
     return json.loads((paths.eval_dir / name / "metrics.json").read_text())
 
 
-def _cfgs(floor=0.0, tolerance=1.0, share=0.25):
-    cfg = from_dict(X.ExportConfig, {"candidate": "mind", "baseline": "youtube_dnn",
+PARAMS = {"seed": 3, "train": {"models": ["youtube_dnn", "mind"]}, "evaluate": {"exclude_history": True},
+          "models": {"mind": {"arch": "mind", "dim": 8}}}
+
+
+def _cfgs(candidate="mind", floor=0.01, share=0.25, vs_prod=None, baseline=None):
+    cfg = from_dict(X.ExportConfig, {"candidate": candidate,
                                      "ab": {"salt": "t", "treatment_share": share, "num_buckets": 100}}, "export")
-    gates = from_dict(GatesConfig, {"floors": {"test.recall@10": floor},
-                                    "relative": {"metric": "test.recall@10", "tolerance": tolerance}}, "gates")
+    gates = from_dict(GatesConfig, {"metric": "recall@10", "floors": {"recall@10": floor},
+                                    "test": {"method": "permutation", "alpha": 0.05, "samples": 1000},
+                                    "baseline": baseline, "vs_prod": vs_prod or {"rule": "non_inferiority",
+                                                                                "margin": 0.5}}, "gates")
     return cfg, gates
 
 
-def test_first_run_makes_baseline_champion_then_promotes_candidate(paths):
+def _run(paths, tmp_path, cfg, gates, registry=None):
+    registry = registry or Registry.location(tmp_path / "registry")
+    return X.run(cfg, gates, paths, PARAMS, registry=registry, out_dir=tmp_path / "export", publish=True), registry
+
+
+def test_first_candidate_passing_the_floors_is_published_as_prod(paths, tmp_path):
     cfg, gates = _cfgs()
-    out = X.run(cfg, gates, paths, {"models": {"mind": {"arch": "mind", "dim": 8}}})
-    bundles = paths.bundles_dir
-    assert out["initial_champion"].startswith("youtube_dnn-")
-    assert out["previous_champion"] == out["initial_champion"]
-    assert out["candidate"].startswith("mind-")
-    assert json.loads((bundles / "champion").read_text())["bundle"] == out["candidate"]
-    # the A/B spec: control = the champion before this run (the baseline), treatment = the candidate
-    spec = ABSpec.load(bundles / "ab.json")
-    assert spec.control["bundle"] == out["initial_champion"] and spec.treatment["bundle"] == out["candidate"]
-    assert spec.treatment_share == 0.25 and spec.num_buckets == 100
-    assert {spec.assign(f"u{i}") for i in range(200)} == {"control", "treatment"}
-    gate = json.loads((bundles / "gate.json").read_text())
-    assert gate["passed"] and gate["champion"] == out["initial_champion"]
-    assert gate["champion_metrics_source"] == "manifest"
-    # no staging or temp folders left behind
-    assert sorted(p.name for p in bundles.iterdir()) == sorted(
-        ["ab.json", "champion", "gate.json", out["initial_champion"], out["candidate"]])
+    verdict, reg = _run(paths, tmp_path, cfg, gates)
+    assert verdict["promote"] is True and verdict["export"]["prod_bundle"] is None
+    cand = verdict["export"]["candidate_bundle"]
+    assert cand.startswith("mind-") and reg.prod().bundle == cand
+    assert (reg.bundles_dir / cand / "manifest.json").is_file()
+    assert json.loads((tmp_path / "export" / "ab.json").read_text())["active"] is False  # nothing to compare
+    md = (tmp_path / "export" / "verdict.md").read_text()
+    assert "PROMOTE" in md and "recall@10" in md
+    # the same weights again: the same bundle id, already prod, nothing promoted or registered
+    again, _ = _run(paths, tmp_path, cfg, gates, reg)
+    assert again["promote"] is False and "already prod" in again["reasons"][0]
+    assert len(reg.versions()) == 1
 
 
-def test_manifest_records_what_serving_and_audits_need(paths):
-    cfg, gates = _cfgs()
-    out = X.run(cfg, gates, paths, {"models": {"mind": {"arch": "mind", "dim": 8}}})
-    b = paths.bundles_dir / out["candidate"]
-    man = json.loads((b / "manifest.json").read_text())
-    assert man["model"] == "mind" and man["arch"] == "mind" and man["hparams"]["num_interests"] == 2
-    assert man["params"] == {"arch": "mind", "dim": 8}
-    assert man["max_len"] == 6 and man["exclude_history"] is True
-    assert man["metrics"] == _metrics(paths, "mind")
-    assert man["gate"]["passed"] is True and man["gate"]["rules"][0]["metric"] == "test.recall@10"
-    assert set(man["libraries"]) >= {"torch", "faiss", "numpy", "python"}
-    assert man["data_version"].startswith("sha256:")  # no dvc.lock in this tmp dir
-    for name, digest in man["files"].items():  # every file is what the manifest says
-        assert X.sha256_file(b / name) == digest, name
-    assert out["candidate"] == f"mind-{man['content_hash'].split(':')[1][:12]}"
-    # the TorchScript tower reproduces the eager model
-    import models
+def test_candidate_is_gated_against_prod_and_ab_spec_pairs_them(paths, tmp_path):
+    cfg, gates = _cfgs(candidate="youtube_dnn")
+    first, reg = _run(paths, tmp_path, cfg, gates)
+    prod = first["export"]["candidate_bundle"]
+    cfg2, gates2 = _cfgs(candidate="mind", share=0.25)
+    verdict, _ = _run(paths, tmp_path, cfg2, gates2, reg)
+    assert verdict["export"]["prod_bundle"] == prod and verdict["prod"] == prod
+    rules = {r["rule"].split()[0]: r for r in verdict["rules"]}
+    assert "vs_prod" in rules  # a paired test against prod, on the same users
+    assert verdict["n_users"] == first["n_users"]
+    if verdict["promote"]:
+        spec = ABSpec.load(tmp_path / "export" / "ab.json")
+        assert spec.control["bundle"] == prod and spec.treatment["bundle"] == verdict["export"]["candidate_bundle"]
+        assert spec.treatment_share == 0.25 and {spec.assign(f"u{i}") for i in range(200)} == {"control",
+                                                                                                 "treatment"}
+        assert reg.prod().bundle == verdict["export"]["candidate_bundle"]
+    else:
+        assert reg.prod().bundle == prod
+    # prod is measured now through the serving path: equal to evaluate's figure on the same users and data
+    assert verdict["figures"][prod]["recall@10"] == pytest.approx(_metrics(paths, "youtube_dnn")["test.recall@10"])
 
-    eager = models.load_model(paths.models_dir / "mind" / "model.pt")
-    tower = torch.jit.load(str(b / "user_tower.pt"))
-    h = torch.tensor([[1, 5, 9, 0, 0, 0], [2, 6, 10, 14, 18, 22]])
-    p = torch.tensor([[1], [0]])
-    (v1, m1), (v2, m2) = eager.user_interests(h, h != 0, p), tower(h, h != 0, p)
-    assert torch.equal(m1, m2) and torch.allclose(v1, v2, atol=1e-6)
-    emb = np.load(b / "item_embeddings.npy")
-    assert np.allclose(emb, eager.item_embeddings(torch.arange(41)).detach().numpy())
-    Recommender.load(b, use_index=True)  # the index and id map are loadable
+
+def test_blocked_candidate_leaves_prod_and_registry_untouched(paths, tmp_path):
+    cfg, gates = _cfgs(candidate="youtube_dnn")
+    _, reg = _run(paths, tmp_path, cfg, gates)
+    before = [(v.version, v.bundle) for v in reg.versions()], reg.prod()
+    cand = _metrics(paths, "mind")["test.recall@10"]
+    cfg2, strict = _cfgs(candidate="mind", floor=min(1.0, cand + 0.01))
+    verdict, _ = _run(paths, tmp_path, cfg2, strict, reg)
+    assert verdict["promote"] is False
+    assert any("floor" in r for r in verdict["reasons"])
+    assert ([(v.version, v.bundle) for v in reg.versions()], reg.prod()) == before
+    assert json.loads((tmp_path / "export" / "verdict.json").read_text())["promote"] is False
+
+
+def test_cli_exit_codes(paths, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    base = ("seed: 1\nevaluate: {exclude_history: true}\ntrain: {models: [youtube_dnn, mind]}\n"
+            "export: {candidate: mind, ab: {salt: s, treatment_share: 0.1, num_buckets: 100}}\n")
+    args = ["--params", str(params), "--models-dir", str(paths.models_dir), "--eval-dir", str(paths.eval_dir),
+            "--index-dir", str(paths.index_dir), "--split", str(paths.split_dir), "--bundles",
+            str(paths.bundles_dir), "--dvc-lock", str(tmp_path / "dvc.lock"), "--out", str(tmp_path / "out"),
+            "--registry", str(tmp_path / "registry")]
+    params.write_text(base + "gates: {metric: recall@10, floors: {recall@10: 1.0}, baseline: null}\n")
+    X.main(args)  # blocked, but the run did its job: exit 0 and the verdict says no
+    assert "NOT approved" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        X.main([*args, "--fail-if-blocked"])
+    assert exc.value.code == 1
+    params.write_text(base + "gates: {floors: {recall@10: 0.5}, baseline: {model: most_popular}}\n")
+    with pytest.raises(SystemExit) as exc:
+        X.main(args)
+    assert exc.value.code == 2 and "most_popular" in capsys.readouterr().err  # not trained in this run
+    params.write_text(base.replace("candidate: mind", "candidate: umi")
+                      + "gates: {metric: recall@10, floors: {recall@10: 0.01}, baseline: null}\n")
+    with pytest.raises(SystemExit) as exc:
+        X.main(args)
+    assert exc.value.code == 2 and "export.candidate" in capsys.readouterr().err
+    params.write_text(base + "gates: {floors: {}, baseline: null}\n")
+    with pytest.raises(SystemExit) as exc:
+        X.main(args)
+    assert exc.value.code == 2  # a gate that cannot fail is a params error, never a pass
+    params.write_text(base + "gates: {metric: recall@10, floors: {recall@10: 0.01}, baseline: null}\n")
+    X.main(args)
+    assert "APPROVED" in capsys.readouterr().out
+
+
+def test_export_config_and_params_section():
+    from components.config import ParamsError, load_params, section
+
+    with pytest.raises(ParamsError, match="treatment_share"):
+        from_dict(X.ExportConfig, {"ab": {"treatment_share": 2.0}}, "export")
+    params = load_params(ROOT / "params.yaml")
+    cfg = section(params, "export", X.ExportConfig)
+    assert cfg.candidate in params["models"] and cfg.candidate in params["train"]["models"]
+    gates = section(params, "gates", GatesConfig)
+    gates.require_models(params["train"]["models"])
+
+
+def test_missing_inputs_are_data_errors(paths, tmp_path):
+    cfg, gates = _cfgs(candidate="mind")
+    shutil.rmtree(paths.eval_dir.parent / "eval_copy", ignore_errors=True)
+    eval_copy = tmp_path / "eval"
+    shutil.copytree(paths.eval_dir, eval_copy)
+    (eval_copy / "mind" / "metrics.json").unlink()
+    paths2 = X.ExportPaths(models_dir=paths.models_dir, eval_dir=eval_copy, index_dir=paths.index_dir,
+                           split_dir=paths.split_dir, bundles_dir=paths.bundles_dir)
+    with pytest.raises(DataError, match="mind/metrics.json"):
+        _run(paths2, tmp_path, cfg, gates)
 
 
 def test_data_version_prefers_the_dvc_lock_entry(tmp_path):
@@ -123,80 +193,3 @@ def test_data_version_prefers_the_dvc_lock_entry(tmp_path):
     assert X.data_version(split, None) != v1  # the content hash follows the data
 
 
-def test_champion_is_re_evaluated_when_the_data_changed(paths):
-    cfg, gates = _cfgs()
-    X.run(cfg, gates, paths, {})
-    champion = json.loads((paths.bundles_dir / "champion").read_text())["bundle"]
-    # the champion (mind bundle) has metrics from the old data version; touch the split -> new version
-    (paths.split_dir / "stats.json").write_text('{"new": true}')
-    cfg2 = from_dict(X.ExportConfig, {"candidate": "youtube_dnn", "baseline": "youtube_dnn",
-                                      "ab": {"salt": "t", "treatment_share": 0.5, "num_buckets": 10}}, "export")
-    out = X.run(cfg2, gates, paths, {})
-    gate = json.loads((paths.bundles_dir / "gate.json").read_text())
-    assert gate["champion"] == champion and gate["champion_metrics_source"].startswith("re-evaluated")
-    # the serving path reproduces evaluate's figure on the same users (same data, same maths)
-    rel = [r for r in gate["rules"] if r["rule"].startswith("relative")][0]
-    assert rel["reference"] == pytest.approx(_metrics(paths, "mind")["test.recall@10"])
-    assert out["ab"]["control"]["bundle"] == champion
-
-
-def test_failed_gate_blocks_promotion_and_leaves_champion(paths):
-    cfg, gates = _cfgs()
-    X.run(cfg, gates, paths, {})
-    before = {p.name: p.read_bytes() for p in paths.bundles_dir.iterdir() if p.is_file() and p.name != "gate.json"}
-    dirs = sorted(p.name for p in paths.bundles_dir.iterdir() if p.is_dir())
-    cand = _metrics(paths, "youtube_dnn")["test.recall@10"]
-    strict = from_dict(GatesConfig, {"floors": {"test.recall@10": cand + 0.01}, "relative": None}, "gates")
-    cfg2 = from_dict(X.ExportConfig, {"candidate": "youtube_dnn", "baseline": "youtube_dnn"}, "export")
-    with pytest.raises(GateFailed) as exc:
-        X.run(cfg2, strict, paths, {})
-    assert "floor test.recall@10" in str(exc.value) and f"{cand:.4f}" in str(exc.value)
-    after = {p.name: p.read_bytes() for p in paths.bundles_dir.iterdir() if p.is_file() and p.name != "gate.json"}
-    assert after == before  # champion pointer and ab.json untouched
-    assert sorted(p.name for p in paths.bundles_dir.iterdir() if p.is_dir()) == dirs  # no new bundle
-    assert json.loads((paths.bundles_dir / "gate.json").read_text())["passed"] is False
-
-
-def test_cli_exit_codes(paths, tmp_path, capsys):
-    params = tmp_path / "params.yaml"
-    base = ("seed: 1\nevaluate: {exclude_history: true}\n"
-            "export: {candidate: mind, baseline: youtube_dnn, ab: {salt: s, treatment_share: 0.1, "
-            "num_buckets: 100}}\n")
-    args = ["--params", str(params), "--models-dir", str(paths.models_dir), "--eval-dir", str(paths.eval_dir),
-            "--index-dir", str(paths.index_dir), "--split", str(paths.split_dir), "--bundles",
-            str(paths.bundles_dir), "--dvc-lock", str(tmp_path / "dvc.lock")]
-    params.write_text(base + "gates: {floors: {test.recall@10: 2.0}, relative: null}\n")
-    with pytest.raises(SystemExit) as exc:
-        X.main(args)
-    err = capsys.readouterr().err
-    assert exc.value.code == 1 and "NOT promoted" in err and "floor test.recall@10" in err and "2.0000" in err
-    params.write_text(base + "gates: {floors: {test.nope@10: 0.0}}\n")
-    with pytest.raises(SystemExit) as exc:
-        X.main(args)
-    assert exc.value.code == 2 and "test.nope@10" in capsys.readouterr().err
-    params.write_text(base + "gates: {floors: {test.recall@10: 0.0}, relative: {metric: test.recall@10, "
-                             "tolerance: 1.0}}\n")
-    X.main(args)
-    assert "promoted to champion" in capsys.readouterr().out
-
-
-def test_export_config_and_params_section():
-    from components.config import ParamsError, load_params, section
-
-    with pytest.raises(ParamsError, match="treatment_share"):
-        from_dict(X.ExportConfig, {"ab": {"treatment_share": 2.0}}, "export")
-    params = load_params(ROOT / "params.yaml")
-    cfg = section(params, "export", X.ExportConfig)
-    assert cfg.baseline in params["models"] and cfg.candidate in params["models"]
-    section(params, "gates", GatesConfig)
-
-
-def test_missing_inputs_are_data_errors(paths):
-    cfg, gates = _cfgs()
-    cfg = from_dict(X.ExportConfig, {"candidate": "umi", "baseline": "youtube_dnn"}, "export")
-    with pytest.raises(DataError, match="umi/metrics.json"):
-        X.run(cfg, gates, paths, {})
-    cfg = from_dict(X.ExportConfig, {"candidate": "mind", "baseline": "comirec_sa"}, "export")
-    with pytest.raises(DataError, match="comirec_sa/metrics.json"):
-        X.run(cfg, gates, paths, {})
-    assert not paths.bundles_dir.exists() or not any(paths.bundles_dir.iterdir())

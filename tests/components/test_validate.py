@@ -415,21 +415,25 @@ def test_failure_summary_names_each_failed_expectation_with_values(bad_run):
                      r"items, e\.g\. '9999'", body)
 
 
-def test_bad_input_leaves_previous_outputs_intact(good_run, tmp_path):
+def test_unreadable_input_replaces_a_passing_report_with_a_failing_one(good_run, tmp_path):
+    """A passing report never stays beside data that failed: unreadable tables leave result.json saying
+    success: false with the error (and no temp folder behind)."""
     out = tmp_path / "validation"
     shutil.copytree(good_run["out"], out)
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert json.loads((out / "result.json").read_text())["success"] is True
     data = tmp_path / "canonical"
     shutil.copytree(good_run["data"], data)
     (data / "users.parquet").unlink()
     with pytest.raises(DataError, match=r"users\.parquet.*file not found"):
         validate.run(CFG, data, out)
+    report = json.loads((out / "result.json").read_text())
+    assert report["success"] is False and "users.parquet" in report["error"]
     shutil.copy(good_run["data"] / "users.parquet", data / "users.parquet")
     (data / "items.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataError, match=r"items\.parquet.*not a readable parquet"):
         validate.run(CFG, data, out)
-    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert after == before
+    report = json.loads((out / "result.json").read_text())
+    assert report["success"] is False and "items.parquet" in report["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["canonical", "validation"]  # no temp dir left
 
 
