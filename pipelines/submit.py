@@ -1,5 +1,6 @@
 """Submit the compiled pipeline to a Kubeflow Pipelines endpoint:
-``python -m pipelines.submit --host URL --experiment NAME [--param KEY=VALUE ...]``.
+``python -m pipelines.submit --host URL --experiment NAME --registry /mnt/registry [--input PATH]
+[--param KEY=VALUE ...]``.
 
 Submits ``pipelines/pipeline.yaml`` (compile it first with your image: ``python -m pipelines.compile --image ...``)
 with ``kfp.Client``. The run's parameters are the package's defaults (params.yaml at compile time) with the
@@ -7,6 +8,10 @@ with ``kfp.Client``. The run's parameters are the package's defaults (params.yam
 ``--param 'models.mind.num_interests=8'``); the result is checked with the steps' own strict loaders *before*
 anything is sent, so a typo fails here, naming the key. Keys that decide pod resources
 (``train.accelerator/devices/num_nodes``) are fixed at compile time and refused here.
+
+``--registry`` is the run's ``registry_uri`` (required): the registry location the run resolves prod from and
+publishes an approved bundle to, a folder the gate_export pod sees (a PVC mounted with ``kfp.volumes``, e.g.
+``/mnt/registry``). ``--input`` is ``input_uri``: the input ingest reads instead of ``ingest.path``.
 
 Caching is on (KFP's default, set on every task); ``--no-cache`` turns it off for this run. Authentication: for a
 multi-user Kubeflow, pass ``--namespace`` and put a bearer token in ``$KFP_TOKEN`` (never on the command line);
@@ -66,19 +71,26 @@ def package_defaults(package: str | Path) -> dict[str, Any]:
     return defaults
 
 
-def run_arguments(package: str | Path, overrides: list[str]) -> dict[str, Any]:
+def run_arguments(package: str | Path, overrides: list[str], *, registry_uri: str | None = None,
+                  input_uri: str = "") -> dict[str, Any]:
     """Arguments for the run: the package defaults with ``overrides`` applied, validated, as pipeline parameters.
 
-    Only parameters that differ from the defaults are returned (the run page then shows what was changed).
+    Only parameters that differ from the defaults are returned (the run page then shows what was changed), plus
+    ``registry_uri`` (no default: every run names it) and ``input_uri`` when given.
     """
     from pipelines.steps import check_params
 
     defaults = package_defaults(package)
     params = apply_overrides(arguments_to_params(defaults), overrides)
     arguments = pipeline_arguments(params)
-    check_params(**arguments)
+    check_params(**arguments, registry_uri=registry_uri, input_uri=input_uri)
     base = pipeline_arguments(arguments_to_params(defaults))
-    return {name: value for name, value in arguments.items() if value != base[name]}
+    out = {name: value for name, value in arguments.items() if value != base[name]}
+    if registry_uri is not None:
+        out["registry_uri"] = registry_uri
+    if input_uri:
+        out["input_uri"] = input_uri
+    return out
 
 
 def check_reachable(host: str, timeout: float) -> None:
@@ -99,11 +111,12 @@ def check_reachable(host: str, timeout: float) -> None:
             "http://localhost:8080") from None
 
 
-def submit(host: str, experiment: str, *, package: str | Path = DEFAULT_PACKAGE, overrides: list[str] = (),
-           run_name: str | None = None, namespace: str | None = None, pipeline_root: str | None = None,
-           enable_caching: bool | None = None, service_account: str | None = None, timeout: float = 10.0):
+def submit(host: str, experiment: str, *, registry_uri: str, input_uri: str = "",
+           package: str | Path = DEFAULT_PACKAGE, overrides: list[str] = (), run_name: str | None = None,
+           namespace: str | None = None, pipeline_root: str | None = None, enable_caching: bool | None = None,
+           service_account: str | None = None, timeout: float = 10.0):
     """Validate the arguments, check the host, and create the run; returns kfp's ``RunPipelineResult``."""
-    arguments = run_arguments(package, list(overrides))
+    arguments = run_arguments(package, list(overrides), registry_uri=registry_uri, input_uri=input_uri)
     check_reachable(host, timeout)
     import kfp
 
@@ -128,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--experiment", required=True, help="experiment name (created if missing)")
     ap.add_argument("--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params key (YAML value), e.g. --param train.max_epochs=10; repeatable")
+    ap.add_argument("--registry", required=True, metavar="PATH",
+                    help="registry_uri: the registry location (a folder the pods see, e.g. the PVC mount /mnt/registry)")
+    ap.add_argument("--input", default="", metavar="PATH", help="input_uri: what ingest reads instead of ingest.path")
     ap.add_argument("--package", default=str(DEFAULT_PACKAGE), help="compiled pipeline (pipelines/pipeline.yaml)")
     ap.add_argument("--run-name", default=None, help="run name (default: package name and time)")
     ap.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
@@ -140,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.host:
         ap.error("--host is required (or set $KF_PIPELINES_ENDPOINT)")
     try:
-        result = submit(args.host, args.experiment, package=args.package, overrides=args.overrides,
+        result = submit(args.host, args.experiment, registry_uri=args.registry, input_uri=args.input,
+                        package=args.package, overrides=args.overrides,
                         run_name=args.run_name, namespace=args.namespace, pipeline_root=args.pipeline_root,
                         enable_caching=False if args.no_cache else None, service_account=args.service_account,
                         timeout=args.timeout)

@@ -1,9 +1,10 @@
 """The whole Kubeflow pipeline, end to end, with kfp.local's subprocess runner on small synthetic data.
 
 One real run (module fixture: ingest -> validate -> split -> train x2 in a ParallelFor -> evaluate ->
-build_index -> report -> gate -> export), then two cheap runs in the same pipeline root with KFP caching on:
-one whose gate cannot pass (an unreachable floor), which must skip export and promote nothing while every
-unchanged task comes from the cache; one whose validation fails, which must stop before split.
+build_index -> report -> gate_export against an empty registry location), then two cheap runs in the same
+pipeline root with KFP caching on: one whose gate cannot pass (an unreachable floor), which must publish nothing
+while every unchanged task comes from the cache; one whose validation fails, which must stop before split.
+The three-run registry lifecycle (promote, block against prod, promote, rollback) is test_lifecycle.py.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import pytest
 from pipelines import run_local
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ("youtube_dnn", "mind")
-PASSING_GATE = ("gates.floors={test.recall@50: 0.0}", "gates.relative.tolerance=1.0")
+MODELS = ("most_popular", "mind")
+#: floors only (a first candidate has no prod to beat); 2 epochs of MIND do not beat most_popular on 30 users
+PASSING_GATE = ("gates={metric: recall@50, floors: {recall@50: 0.05}, baseline: null}",)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,15 @@ def root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def passed(root) -> run_local.LocalRun:
+def registry(root) -> Path:
+    return root / "registry"
+
+
+@pytest.fixture(scope="module")
+def passed(root, registry) -> run_local.LocalRun:
     params = run_local.local_params(REPO / "params.yaml", list(PASSING_GATE))
     assert params["train"]["models"] == list(MODELS) and params["ingest"]["source"] == "synthetic"
-    return run_local.run(params, pipeline_root=root, cache=True)
+    return run_local.run(params, pipeline_root=root, cache=True, registry=registry)
 
 
 def _outputs(task_dir: Path) -> dict:
@@ -53,18 +60,20 @@ def _loop_tasks(run_dir: Path, task: str) -> dict[str, Path]:
     return out
 
 
-def test_full_run_succeeds_and_promotes_the_candidate(passed):
+def test_full_run_succeeds_and_publishes_the_first_candidate_to_the_registry(passed, registry):
+    from components.registry import Registry
+
     assert passed.succeeded, passed.error
-    assert passed.gate_passed is True and passed.exit_code == 0
-    champion = json.loads((passed.bundle / "champion").read_text())
-    manifest = json.loads((passed.bundle / champion["bundle"] / "manifest.json").read_text())
-    assert champion["model"] == manifest["model"] == "mind"
-    ab = json.loads((passed.bundle / "ab.json").read_text())
-    assert ab["treatment"]["bundle"] == champion["bundle"]
-    assert ab["control"]["model"] == "youtube_dnn"  # the baseline trained in the same run is the champion
+    assert passed.promoted is True and passed.exit_code() == 0
+    manifest = json.loads((passed.bundle / "manifest.json").read_text())
+    assert manifest["model"] == "mind"
+    reg = Registry.location(registry)
+    assert reg.prod().bundle == manifest["name"] == passed.prod
     for name in ("weights.safetensors", "user_tower.onnx", "item_embeddings.npy", "index.faiss", "vocab.json"):
-        assert (passed.bundle / champion["bundle"] / name).is_file(), name
-    assert "PASSED" in passed.verdict
+        assert (reg.bundle_path(reg.prod()) / name).is_file(), name
+    ab = json.loads((passed.run_dir / "gate-export" / "result" / "ab.json").read_text())
+    assert ab["active"] is False  # no prod before this run: nothing to A/B against
+    assert "PROMOTE" in passed.verdict and passed.verdict_json["prod"] is None
 
 
 def test_data_steps_write_their_typed_artifacts(passed):
@@ -100,33 +109,36 @@ def test_one_train_evaluate_and_index_task_per_model(passed):
         assert f"| {variant} |" in report
 
 
-def test_an_unreachable_floor_promotes_nothing_and_reuses_the_cache(passed, root):
+def test_an_unreachable_floor_promotes_nothing_and_reuses_the_cache(passed, root, registry):
     assert passed.succeeded
-    params = run_local.local_params(REPO / "params.yaml", ["gates.floors={test.recall@50: 1.01}"])
-    blocked = run_local.run(params, pipeline_root=root, cache=True)
+    params = run_local.local_params(REPO / "params.yaml", [
+        "gates={metric: recall@50, floors: {recall@50: 1.0}, baseline: null, vs_prod: null}"])
+    blocked = run_local.run(params, pipeline_root=root, cache=True, registry=registry)
     assert blocked.succeeded, blocked.error  # the run itself is fine: the gate decided
-    assert blocked.gate_passed is False and blocked.bundle is None and blocked.exit_code == 1
-    assert not (blocked.run_dir / "export").exists()
-    assert "BLOCKED" in blocked.verdict and "1.0100" in blocked.verdict and "FAIL" in blocked.verdict
-    metrics = _metrics_metadata(blocked.run_dir / "gate")
-    assert metrics["passed"] == 0.0 and metrics["floor test.recall@50.passed"] == 0.0
-    # only the steps whose inputs changed ran again (gates reaches check_params and gate); the rest was cached
-    assert blocked.tasks == ["check-params", "gate"]
+    assert blocked.promoted is False and blocked.bundle is None
+    assert blocked.exit_code() == 0 and blocked.exit_code(fail_if_blocked=True) == 1
+    assert blocked.prod == passed.prod and len(blocked.versions) == 1  # the registry did not move
+    assert "BLOCKED" in blocked.verdict and "1.0000" in blocked.verdict and "FAIL" in blocked.verdict
+    metrics = _metrics_metadata(blocked.run_dir / "gate-export")
+    assert metrics["promote"] == 0.0 and metrics["floor recall@50.passed"] == 0.0
+    # only the steps whose inputs changed ran again (gates reaches check_params) plus gate_export, never cached
+    assert blocked.tasks == ["check-params", "gate-export"]
 
 
-def test_a_failed_validation_stops_the_run_before_split(passed, root):
+def test_a_failed_validation_stops_the_run_before_split(passed, root, registry):
     assert passed.succeeded
     params = run_local.local_params(REPO / "params.yaml", ["validate.min_rows=100000000"])
-    failed = run_local.run(params, pipeline_root=root, cache=True)
+    failed = run_local.run(params, pipeline_root=root, cache=True, registry=registry)
     assert not failed.succeeded and "validate" in failed.error
-    assert failed.exit_code == 1 and failed.bundle is None and failed.gate_passed is None
+    assert failed.exit_code() == 1 and failed.bundle is None and failed.promoted is None
     assert not (failed.run_dir / "split").exists()
     assert not list(failed.run_dir.glob("for-loop-*"))
 
 
 def test_cli_rejects_a_params_typo_before_running_anything(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--pipeline-root", str(tmp_path),
-                           "--param", "train.max_epoch=3"], capture_output=True, text=True, cwd=REPO)
+                           "--registry", str(tmp_path / "registry"), "--param", "train.max_epoch=3"],
+                          capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "max_epoch" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())

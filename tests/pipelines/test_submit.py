@@ -30,8 +30,8 @@ def closed_port() -> int:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.submit", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-m", "pipelines.submit", "--registry", "/mnt/registry", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
 def test_unreachable_host_fails_with_one_clear_line():
@@ -53,7 +53,8 @@ def test_bad_overrides_fail_before_any_network_call():
     assert typo.returncode == 2 and "max_epoch" in typo.stderr and "cannot reach" not in typo.stderr
     compile_time = cli("--host", host, "--experiment", "ci", "--param", "train.devices=4")
     assert compile_time.returncode == 2 and "pipelines.compile" in compile_time.stderr
-    no_host = subprocess.run([sys.executable, "-m", "pipelines.submit", "--experiment", "ci"], capture_output=True,
+    no_host = subprocess.run([sys.executable, "-m", "pipelines.submit", "--experiment", "ci",
+                              "--registry", "/mnt/registry"], capture_output=True,
                              text=True, cwd=REPO, env={"PATH": "/usr/bin:/bin"})
     assert no_host.returncode == 2 and "--host is required" in no_host.stderr
 
@@ -61,6 +62,11 @@ def test_bad_overrides_fail_before_any_network_call():
 def test_run_arguments_are_the_package_defaults_with_only_the_overrides_changed():
     params = arguments_to_params(submit.package_defaults(submit.DEFAULT_PACKAGE))
     assert submit.run_arguments(submit.DEFAULT_PACKAGE, []) == {}
+    assert submit.run_arguments(submit.DEFAULT_PACKAGE, [], registry_uri="/mnt/registry",
+                                input_uri="/mnt/data/ratings.csv") == {
+        "registry_uri": "/mnt/registry", "input_uri": "/mnt/data/ratings.csv"}
+    with pytest.raises(ParamsError, match="registry_uri: 's3://b/r': object-store URIs are not supported yet"):
+        submit.run_arguments(submit.DEFAULT_PACKAGE, [], registry_uri="s3://b/r")
     args = submit.run_arguments(submit.DEFAULT_PACKAGE, ["train.max_epochs=3", "seed=7",
                                                          "models.mind.num_interests=8"])
     assert set(args) == {"train", "seed", "models"}
@@ -99,7 +105,8 @@ def test_a_host_that_is_not_kfp_is_reported_as_refusing_the_run():
         host = f"http://127.0.0.1:{server.server_address[1]}"
         submit.check_reachable(host, timeout=5)  # it answers HTTP, so it is reachable
         with pytest.raises(submit.SubmitError, match=f"Kubeflow Pipelines at {host} did not accept the run"):
-            submit.submit(host, "ci", namespace="mir", overrides=["train.max_epochs=1"])
+            submit.submit(host, "ci", registry_uri="/mnt/registry", namespace="mir",
+                          overrides=["train.max_epochs=1"])
     finally:
         server.shutdown()
         server.server_close()
