@@ -231,6 +231,7 @@ def export_onnx(model, path: Path, *, max_len: int, num_profile_fields: int, num
         ValueError: the architecture cannot be exported, or ONNX Runtime disagrees with eager by more than
             ``atol`` (or on the interest mask); the message names the arch.
     """
+    import logging
     import warnings
 
     import torch
@@ -252,7 +253,10 @@ def export_onnx(model, path: Path, *, max_len: int, num_profile_fields: int, num
     example = batch(3, max_len)
     B = torch.export.Dim("batch", min=1)
     dyn_l = {1: torch.export.Dim("length", min=1, max=max_len)} if max_len > 1 else {}
+    onnx_log = logging.getLogger("torch.onnx")  # the exporter logs each optional op set it skips
+    level = onnx_log.level
     try:
+        onnx_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -263,6 +267,8 @@ def export_onnx(model, path: Path, *, max_len: int, num_profile_fields: int, num
     except Exception as exc:  # noqa: BLE001 - any exporter failure: say which arch
         raise ValueError(f"arch {arch}: the user tower cannot be exported to ONNX "
                          f"({type(exc).__name__}: {str(exc)[:500]})") from None
+    finally:
+        onnx_log.setLevel(level)
     session = onnx_session(path, threads=1)
     worst = 0.0
     for b, length in ((1, max_len), (5, max_len), (2, max(1, max_len // 2)), (7, 1)):

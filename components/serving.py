@@ -296,7 +296,9 @@ class Recommender:
         return packed
 
     # ------------------------------------------------------------------------------------------ validation
-    def _encode_history(self, history: Any, counts: dict[str, int]) -> list[int]:
+    def _encode_history(self, history: Any, counts: dict[str, int] | None = None) -> list[int]:
+        """Item indices of the known ids; unknown ones are counted in ``counts`` (the caller's, per call)."""
+        counts = {"unknown_items": 0} if counts is None else counts
         if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
             raise RequestError(f"history_item_ids must be a list of item ids, got {type(history).__name__}")
         out = []
@@ -311,7 +313,9 @@ class Recommender:
                 out.append(k)
         return out
 
-    def _encode_profile(self, profile: Any, counts: dict[str, int]) -> list[int]:
+    def _encode_profile(self, profile: Any, counts: dict[str, int] | None = None) -> list[int]:
+        """Profile value indices (0 = unknown, counted in ``counts``)."""
+        counts = {"unknown_profile_values": 0} if counts is None else counts
         if profile is None:
             return [0] * len(self.profile_fields)
         if not isinstance(profile, Mapping):
