@@ -461,7 +461,8 @@ class Service:
 
     async def recommend(self, history: list, profile: dict | None, n: int, lam: float, user_id: Any
                         ) -> tuple[list[tuple[str, float]], str, str]:
-        """(list, arm, bundle) for one user; RequestError for a bad request, LookupError when not ready."""
+        """(list, arm, bundle) for one user; RequestError for a bad request, LookupError when not ready.
+        The caller logs the exposure (:meth:`log_exposure`) once its whole response has succeeded."""
         for _ in range(3):
             served = self.served
             if served is None:
@@ -472,9 +473,7 @@ class Service:
                 fut = worker.submit(Job(history, profile, n, lam))
             except Closed:  # a reload swapped it out between our read and the submit: use the new one
                 continue
-            result = await fut
-            self.log_exposure(user_id, arm, worker.bundle, result)
-            return result, arm, worker.bundle
+            return await fut, arm, worker.bundle
         raise LookupError("the served models kept changing; retry")
 
     def log_exposure(self, user_id: Any, arm: str, bundle: str, result: list[tuple[str, float]]) -> None:
@@ -601,6 +600,7 @@ def create_app(service: Service):
             return error(400, str(exc), "recommend")
         except LookupError as exc:
             return error(503, str(exc), "recommend")
+        service.log_exposure(req.user_id, arm, bundle, result)
         m.requests.labels("recommend", arm, "200").inc()
         m.latency.labels("recommend").observe(time.perf_counter() - t0)
         return {"items": [i for i, _ in result], "scores": [s for _, s in result], "arm": arm, "bundle": bundle,
@@ -627,7 +627,8 @@ def create_app(service: Service):
         except LookupError as exc:
             return error(503, str(exc), "infer")
         ids, scores = [], []
-        for result, arm, _ in answers:
+        for (_, _, user_id), (result, arm, bundle) in zip(users, answers):
+            service.log_exposure(user_id, arm, bundle, result)
             m.requests.labels("infer", arm, "200").inc()
             ids += [i for i, _ in result] + [""] * (n - len(result))
             scores += [s for _, s in result] + [0.0] * (n - len(result))

@@ -232,6 +232,18 @@ def test_ab_test_served_through_the_cli_with_an_exact_exposure_log(bundles, tmp_
             r = client.post("/recommend", json={"history": hist, "n": 10})  # no user id: no arm
             assert r.status_code == 400 and "user_id" in r.json()["error"]
             assert client.post("/recommend", json={"history": 5, "user_id": "x"}).status_code == 422
+            one = [{"name": "history", "datatype": "BYTES", "shape": [2, 1], "data": [hist[0], hist[0]]},
+                   {"name": "user_id", "datatype": "BYTES", "shape": [2], "data": ["user3", "user4"]}]
+            # the second user's profile is malformed: the whole response is a 400 and nobody is logged
+            r = client.post("/v2/models/mir/infer", json={"inputs": one + [
+                {"name": "profile.age", "datatype": "BYTES", "shape": [2], "data": ["", "18"]}]})
+            assert r.status_code == 400 and "profile" in r.json()["error"]
+            r = client.post("/v2/models/mir/infer", json={"inputs": one, "parameters": {"n": 10}})
+            assert r.status_code == 200
+            outs = {o["name"]: o["data"] for o in r.json()["outputs"]}
+            for k, uid in enumerate(("user3", "user4")):
+                assert outs["arm"][k] == spec.assign(uid)
+                served.append((uid, outs["arm"][k], outs["bundle"][k], outs["item_id"][10 * k: 10 * (k + 1)]))
             assert {a for _, a, _, _ in served} == {"control", "treatment"}
     finally:
         proc.terminate()
