@@ -8,7 +8,8 @@ Requests: ``POST /recommend`` with a random history of 5..50 known items, n = 50
 
 Per server configuration and concurrency level: requests/s over a fixed number of requests (after a
 warm-up), p50/p99 latency as the client sees it, and the CPU the server process used (cores = CPU seconds /
-wall seconds, from psutil) and the client's own. Configurations compared (the batcher's choices):
+wall seconds, from psutil; and CPU ms per request, which a busy shared machine inflates far less than
+latency) and the client's own. Configurations compared (the batcher's choices):
 ``batch`` (the service's default: the requests queued while the worker was busy, up to 32, answered by one
 ``recommend_batch``), the same with 2 torch threads, ``loop`` (taken together, answered by ``recommend`` one by
 one) and ``none`` (max_batch = 1: one thread hop per request).
@@ -122,7 +123,9 @@ def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: i
                        "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                        "mean_ms": float(ms.mean()),
                        "server_cpu_cores": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
-                       "client_cpu_cores": (me1 - me0) / wall}
+                       "client_cpu_cores": (me1 - me0) / wall,
+                       # load-independent: server CPU per request, and the rate 2 idle cores would allow
+                       "server_cpu_ms_per_request": 1e3 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / len(lat)}
     return out
 
 
@@ -193,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, run in runs.items():
         for c, r in run["levels"].items():
             print(f"  {name:>14} c={c:>2}: {r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:6.2f} ms, "
-                  f"p99 {r['p99_ms']:6.2f} ms, server CPU {r['server_cpu_cores']:.2f} cores, "
-                  f"client {r['client_cpu_cores']:.2f}")
+                  f"p99 {r['p99_ms']:6.2f} ms, server CPU {r['server_cpu_cores']:.2f} cores "
+                  f"({r['server_cpu_ms_per_request']:.2f} ms/request), client {r['client_cpu_cores']:.2f}")
     print(f"  best: {best[0]} at c={best[1]}: {best[2]:.1f} req/s; load avg {result['machine']['load_avg_1m_after']} "
           f"-> {args.results}")
     return result
