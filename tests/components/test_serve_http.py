@@ -322,3 +322,20 @@ def test_kserve_manifest_runs_this_cli_with_probes_on_its_port():
     claims = {v["persistentVolumeClaim"]["claimName"] for v in isvc["spec"]["predictor"]["volumes"]}
     storage = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "storage.yaml").read_text()))
     assert claims <= {d["metadata"]["name"] for d in storage if d and d["kind"] == "PersistentVolumeClaim"}
+
+
+def test_registry_resolver_serves_the_prod_version(bundles, tmp_path):
+    """The registry wiring (components.registry, GTO on a standalone location): prod before and after a
+    promotion; no prod yet is a clear error."""
+    from components.io import DataError
+    from components.registry import Registry
+    from components.serve import registry_prod
+
+    reg = Registry.location(tmp_path / "registry")
+    resolve = registry_prod(tmp_path / "registry")
+    with pytest.raises(DataError, match="no prod version"):
+        resolve()
+    reg.assign(reg.publish(bundles["a"]))
+    assert resolve().bundles == {"production": tmp_path / "registry" / "bundles" / bundles["a"].name}
+    reg.assign(reg.publish(bundles["b"]))
+    assert resolve().bundles == {"production": tmp_path / "registry" / "bundles" / bundles["b"].name}
