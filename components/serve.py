@@ -181,7 +181,8 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("mir_requests", "Served users by endpoint, arm and HTTP status",
                                 ["endpoint", "arm", "status"], registry=r)
-        self.latency = Histogram("mir_request_latency_seconds", "Request latency (handler, seconds)", ["endpoint"],
+        self.latency = Histogram("mir_request_latency_seconds", "Request latency (handler, seconds)",
+                                 ["endpoint", "arm"],
                                  buckets=(.001, .002, .004, .006, .008, .01, .015, .02, .025, .035, .05, .075,
                                           .1, .25, .5, 1.0, 2.5), registry=r)
         self.fallbacks = Counter("mir_fallbacks", "Users answered with popular items (empty/unknown history)",
@@ -602,7 +603,7 @@ def create_app(service: Service):
             return error(503, str(exc), "recommend")
         service.log_exposure(req.user_id, arm, bundle, result)
         m.requests.labels("recommend", arm, "200").inc()
-        m.latency.labels("recommend").observe(time.perf_counter() - t0)
+        m.latency.labels("recommend", arm).observe(time.perf_counter() - t0)
         return {"items": [i for i, _ in result], "scores": [s for _, s in result], "arm": arm, "bundle": bundle,
                 "user_id": req.user_id}
 
@@ -633,7 +634,8 @@ def create_app(service: Service):
             ids += [i for i, _ in result] + [""] * (n - len(result))
             scores += [s for _, s in result] + [0.0] * (n - len(result))
         b = len(users)
-        m.latency.labels("infer").observe(time.perf_counter() - t0)
+        arms = {a[1] for a in answers}
+        m.latency.labels("infer", arms.pop() if len(arms) == 1 else "mixed").observe(time.perf_counter() - t0)
         out = {"model_name": name, "model_version": ",".join(sorted({a[2] for a in answers})),
                "outputs": [{"name": "item_id", "datatype": "BYTES", "shape": [b, n], "data": ids},
                            {"name": "score", "datatype": "FP32", "shape": [b, n], "data": scores},

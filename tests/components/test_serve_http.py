@@ -245,6 +245,11 @@ def test_ab_test_served_through_the_cli_with_an_exact_exposure_log(bundles, tmp_
                 assert outs["arm"][k] == spec.assign(uid)
                 served.append((uid, outs["arm"][k], outs["bundle"][k], outs["item_id"][10 * k: 10 * (k + 1)]))
             assert {a for _, a, _, _ in served} == {"control", "treatment"}
+            text = client.get("/metrics").text
+            for arm in ("control", "treatment"):
+                n_arm = sum(a == arm for _, a, _, _ in served[:120])
+                assert _metric(text, "mir_request_latency_seconds_count", endpoint="recommend", arm=arm) == n_arm
+                assert _metric(text, "mir_requests_total", endpoint="recommend", arm=arm, status="200") == n_arm
     finally:
         proc.terminate()
         proc.wait(timeout=30)
