@@ -171,7 +171,7 @@ def test_a_week_of_operating_the_pipeline(repo):
     sh(base, "git", "init", "-q", "--bare", str(origin))
     sh(work, "git", "push", "-q", str(origin), "main", "--tags")
     clone = base / "clone"
-    sh(base, "git", "clone", "-q", str(origin), str(clone))
+    sh(base, "git", "clone", "-q", "-b", "main", str(origin), str(clone))
     dvc(clone, "pull")
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}  # nothing to retrain
     served = prod_bundle(clone)

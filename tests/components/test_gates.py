@@ -9,16 +9,16 @@ import torch
 
 from components import evaluate as E
 from components import export as X
-from components.config import ParamsError, from_dict, load_params, section
-from components.gates import GateFailed, GatesConfig, check, enforce
-from components.io import DataError
+from components.config import from_dict, load_params, section
+from components.gates import GatesConfig, decide, load_evidence
+from components.registry import Registry
 from test_evaluate import ROOT
 
 
 # ---------------------------------------------------------------------------------------- MovieLens-100K
 @pytest.fixture(scope="module")
 def movielens(tmp_path_factory):
-    """ML-100K ingested and split with the project's params; YouTube DNN trained briefly (3 epochs, large
+    """ML-100K ingested and split with the project's params; YouTube DNN trained briefly (8 epochs, batch 256,
     batch, lr 0.01 — the CI budget); MostPopular counted; a broken copy of the YouTube DNN with random
     item embeddings; all three evaluated."""
     import models
@@ -28,10 +28,10 @@ def movielens(tmp_path_factory):
     params = load_params(ROOT / "params.yaml")
     seed = params["seed"]
     icfg = from_dict(ingest.IngestConfig, {**params["ingest"], "source": "movielens-100k",
-                                           "raw_dir": str(ROOT / "data" / "raw" / "ml-100k")}, "ingest")
+                                           "path": str(ROOT / "data" / "raw" / "ml-100k")}, "ingest")
     ingest.run(icfg, root / "canonical", seed=seed)
     split.run(section(params, "split", split.SplitConfig), root / "canonical", root / "split", seed=seed)
-    tcfg = from_dict(train.TrainConfig, {**params["train"], "max_epochs": 3, "batch_size": 512, "lr": 0.01,
+    tcfg = from_dict(train.TrainConfig, {**params["train"], "max_epochs": 8, "batch_size": 256, "lr": 0.01,
                                          "num_negatives": 20, "patience": 3, "progress_refresh": 0,
                                          "accelerator": "cpu", "devices": 1, "strategy": "auto",
                                          "num_nodes": 1, "num_workers": 0}, "train")
@@ -54,44 +54,56 @@ def movielens(tmp_path_factory):
     return {"root": root, "params": params, "metrics": metrics}
 
 
-def test_trained_model_passes_the_floors_of_params_yaml(movielens):
+def _evidence(root, name):
+    return load_evidence(name, root / "eval" / name / "per_user.parquet", root / "eval" / name / "metrics.json")
+
+
+def test_params_yaml_gate_passes_a_trained_model_and_stops_mostpopular_and_a_broken_one(movielens):
+    """The gate of params.yaml on the real data: the floors and the paired test against MostPopular."""
     gates = section(movielens["params"], "gates", GatesConfig)
+    root, seed = movielens["root"], movielens["params"]["seed"]
+    base = _evidence(root, "most_popular")
+    good = decide(gates, _evidence(root, "youtube_dnn"), None, base, seed=seed)
+    assert good.promote, good.describe()
+    # MostPopular itself cannot pass a rule relative to MostPopular (a floor below it only stops broken models)
+    assert not decide(gates, _evidence(root, "most_popular"), None, base, seed=seed).promote
+    broken = decide(gates, _evidence(root, "broken"), None, base, seed=seed)
+    assert not broken.promote
     m = movielens["metrics"]
-    result = check(gates, m["youtube_dnn"], None)
-    assert result.passed, result.describe()
-    assert check(gates, m["most_popular"], None).passed
-    # a random-embedding model is far below: the floor can fail
-    assert not check(gates, m["broken"], None).passed
     assert m["broken"]["test.recall@50"] < m["youtube_dnn"]["test.recall@50"] / 2
+    # against a production model: the broken candidate is blocked by the paired test too
+    vs = decide(gates, _evidence(root, "broken"), _evidence(root, "youtube_dnn"), base, seed=seed)
+    assert not vs.promote and any(r.kind == "vs_prod" and not r.passed for r in vs.rules)
 
 
-def test_export_promotes_a_good_candidate_and_blocks_a_broken_one(movielens, tmp_path, capsys):
+def test_export_approves_a_good_candidate_and_blocks_a_broken_one(movielens, tmp_path, capsys):
     root, params = movielens["root"], movielens["params"]
     p = tmp_path / "params.yaml"
 
     def write_params(candidate):
         doc = {k: params[k] for k in ("seed", "evaluate", "gates", "models")}
-        doc["export"] = {**params["export"], "candidate": candidate, "baseline": "most_popular"}
+        doc["train"] = {"models": ["youtube_dnn", "most_popular", "broken"]}
+        doc["export"] = {**params["export"], "candidate": candidate}
         p.write_text(json.dumps(doc))  # JSON is YAML
 
+    registry = tmp_path / "registry"
     args = ["--params", str(p), "--models-dir", str(root / "models"), "--eval-dir", str(root / "eval"),
             "--index-dir", str(tmp_path / "index"), "--split", str(root / "split"),
-            "--bundles", str(tmp_path / "bundles"), "--dvc-lock", str(tmp_path / "dvc.lock")]
+            "--bundles", str(tmp_path / "bundles"), "--dvc-lock", str(tmp_path / "dvc.lock"),
+            "--out", str(tmp_path / "export"), "--registry", str(registry), "--fail-if-blocked"]
     write_params("youtube_dnn")
-    X.main(args)  # first run: MostPopular becomes champion, the trained YouTube DNN passes and is promoted
-    champion = json.loads((tmp_path / "bundles" / "champion").read_text())
-    assert champion["model"] == "youtube_dnn"
-    ab = json.loads((tmp_path / "bundles" / "ab.json").read_text())
-    assert ab["control"]["model"] == "most_popular" and ab["treatment"]["model"] == "youtube_dnn"
+    X.main(args)  # first run: no prod; the trained YouTube DNN beats MostPopular and becomes prod
+    reg = Registry.location(registry)
+    prod = reg.prod()
+    assert prod is not None and prod.bundle.startswith("youtube_dnn-")
     capsys.readouterr()
 
     write_params("broken")
     with pytest.raises(SystemExit) as exc:
         X.main(args)
     err = capsys.readouterr().err
-    assert exc.value.code == 1
-    m = movielens["metrics"]
-    assert "[FAIL] floor test.recall@50" in err and f"{m['broken']['test.recall@50']:.4f}" in err
-    assert "[FAIL] relative test.recall@50" in err and f"{m['youtube_dnn']['test.recall@50']:.4f}" in err
-    assert json.loads((tmp_path / "bundles" / "champion").read_text()) == champion  # not promoted
-    assert not any(d.name.startswith("broken-") for d in (tmp_path / "bundles").iterdir())
+    assert exc.value.code == 1 and "NOT approved" in err
+    verdict = json.loads((tmp_path / "export" / "verdict.json").read_text())
+    assert verdict["promote"] is False and verdict["prod"] == prod.bundle
+    assert reg.prod() == prod and len(reg.versions()) == 1  # not promoted, nothing registered
+    assert "broken" in (tmp_path / "export" / "verdict.md").read_text()
