@@ -109,15 +109,16 @@ def test_one_train_evaluate_and_index_task_per_model(passed):
         assert f"| {variant} |" in report
 
 
-def test_an_unreachable_floor_promotes_nothing_and_reuses_the_cache(passed, root, registry):
+def test_an_unreachable_floor_promotes_nothing_and_reuses_the_cache(passed, root):
     assert passed.succeeded
     params = run_local.local_params(REPO / "params.yaml", [
         "gates={metric: recall@50, floors: {recall@50: 1.0}, baseline: null, vs_prod: null}"])
-    blocked = run_local.run(params, pipeline_root=root, cache=True, registry=registry)
+    # a fresh registry: against the first one the same (cached) model is already prod, a different verdict
+    blocked = run_local.run(params, pipeline_root=root, cache=True, registry=root / "registry-2")
     assert blocked.succeeded, blocked.error  # the run itself is fine: the gate decided
     assert blocked.promoted is False and blocked.bundle is None
     assert blocked.exit_code() == 0 and blocked.exit_code(fail_if_blocked=True) == 1
-    assert blocked.prod == passed.prod and len(blocked.versions) == 1  # the registry did not move
+    assert blocked.prod is None and blocked.versions == []  # nothing was published
     assert "BLOCKED" in blocked.verdict and "1.0000" in blocked.verdict and "FAIL" in blocked.verdict
     metrics = _metrics_metadata(blocked.run_dir / "gate-export")
     assert metrics["promote"] == 0.0 and metrics["floor recall@50.passed"] == 0.0
