@@ -25,7 +25,7 @@ OUT = REPO / "infra" / "requirements-runtime.txt"
 #: Direct dependencies a running step never imports: the test runner, DVC (the image holds no DVC project: steps
 #: read and write plain paths), GTO (git-tag registry, run where the git repository is) and the Docker client
 #: (drives containers from the host: pipelines.run_local --runner docker).
-DEV_ONLY = frozenset({"pytest", "dvc", "gto", "docker"})
+DEV_ONLY = frozenset({"pytest", "dvc", "docker"})  # gto stays: gate_export uses the registry
 
 #: Required by a runtime package but left out of the lock (pip-compile omits it by default): torch needs
 #: ``setuptools>=77.0.3`` (torch.utils.cpp_extension), and the image builds the project's editable install with it.
