@@ -2,8 +2,9 @@
 
 Set-up (issue 11): the 100k-item synthetic bundle of ``benchmarks/serving.py`` (MIND, K = 4 interests all
 active, D = 64, random init) exported with ``components.export.build_bundle``; the service is started as its
-own process on a free localhost port (``--bundle``, no polling) and driven over real HTTP from this process
-(httpx, asyncio; ``C`` connections each sending its next request as soon as the previous answer arrives).
+own process on a free localhost port (``--bundle``, no polling) and driven over real HTTP/1.1 from this process
+(asyncio streams; ``C`` keep-alive connections each sending its next request as soon as the previous answer
+arrives; httpx's async client was tried first and itself stalled at concurrency 8 and 32).
 Requests: ``POST /recommend`` with a random history of 5..50 known items, n = 50, no profile.
 
 Per server configuration and concurrency level: requests/s over a fixed number of requests (after a
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -86,26 +88,37 @@ def start_server(bundle: Path, extra: list[str]) -> tuple[subprocess.Popen, str]
         time.sleep(0.1)
 
 
+async def _connection(host: str, port: int, bodies, latencies: list[float]) -> None:
+    """One keep-alive HTTP/1.1 connection sending ``POST /recommend`` bodies one after another (asyncio
+    streams: a few µs of client CPU per request, where httpx's async client stalled at concurrency 8+)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for body in bodies:
+            payload = json.dumps(body).encode()
+            t = time.perf_counter()
+            writer.write(b"POST /recommend HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            data = await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t)
+            if status != 200:
+                raise RuntimeError(f"{status}: {data[:200]!r}")
+    finally:
+        writer.close()
+
+
 async def drive(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], float]:
-    """Send every body with ``concurrency`` connections; (latencies s, wall s). Any non-200 raises."""
-    import httpx
-
+    """Send every body over ``concurrency`` connections; (latencies s, wall s). Any non-200 raises."""
+    host, port = url.split("//")[1].rsplit(":", 1)
     latencies: list[float] = []
-    it = iter(bodies)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        async def conn():
-            for body in it:
-                t = time.perf_counter()
-                r = await client.post("/recommend", json=body)
-                latencies.append(time.perf_counter() - t)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{r.status_code}: {r.text}")
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(conn() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, wall
+    it = iter(bodies)  # shared: each connection takes the next body when its previous answer arrived
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_connection(host, int(port), it, latencies) for _ in range(concurrency)))
+    return latencies, time.perf_counter() - t0
 
 
 def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: int) -> dict:
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {"items": args.items, "dim": args.dim, "interests": args.interests, "max_len": args.max_len,
                    "n": args.n, "requests_per_level": args.requests, "warmup": args.warmup,
                    "server_threads": args.threads, "model": "mind (random init, dynamic_interests=false)",
-                   "client": "httpx AsyncClient in one process, one connection per concurrent user"},
+                   "client": "asyncio streams in one process, one keep-alive HTTP/1.1 connection per concurrent user"},
         "runs": runs,
         "best": {"config": best[0], "concurrency": int(best[1]), "requests_per_s": best[2]},
         "default_config": "batch",

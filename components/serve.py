@@ -720,7 +720,9 @@ def parse_infer(body: Any) -> tuple[list[tuple[list, dict | None, Any]], int, fl
 # ---------------------------------------------------------------------------------------------- server
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: a free port, read it back with ``sock.getsockname()[1]``)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it uvicorn's
+    # separate header/body writes wait for the client's delayed ACK (~40 ms per keep-alive request, measured)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
