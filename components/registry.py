@@ -84,7 +84,7 @@ class Registry:
     @classmethod
     def project(cls, root: str | Path = ".", bundles_dir: str | Path | None = None, **kw: Any) -> "Registry":
         """The registry of the project repository at ``root`` (bundles under ``artifacts/bundles``)."""
-        root = Path(root)
+        root = Path(root).resolve()
         top = _git(root, "rev-parse", "--show-toplevel", check=False)
         if top.returncode != 0:
             raise RegistryError(f"{root.resolve()} is not inside a git repository: the project registry keeps "

@@ -473,7 +473,8 @@ def test_cli_bad_params_and_missing_file_exit_2(good_run, tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "interactions.parquet: file not found" in err
-    assert not (tmp_path / "v").exists()
+    # no passing report beside data that cannot be read: the report says so
+    assert json.loads((tmp_path / "v" / "result.json").read_text())["success"] is False
 
 
 def test_cli_exit_0_on_success_and_1_with_the_summary_on_failure(good_run, bad_run, tmp_path, capsys):
