@@ -11,9 +11,10 @@ Per server configuration and concurrency level: requests/s over a fixed number o
 warm-up), p50/p99 latency as the client sees it, and the CPU the server process used (cores = CPU seconds /
 wall seconds, from psutil; and CPU ms per request, which a busy shared machine inflates far less than
 latency) and the client's own. Configurations compared (the batcher's choices):
-``batch`` (the service's default: the requests queued while the worker was busy, up to 32, answered by one
-``recommend_batch``), the same with 2 torch threads, ``loop`` (taken together, answered by ``recommend`` one by
-one) and ``none`` (max_batch = 1: one thread hop per request).
+``batch`` (the service's default: 2 threads per bundle, each answering the requests queued while it was busy,
+up to 32, with one ``recommend_batch``), the same with 1 thread (and with 1 thread of 2 torch threads),
+``loop`` (1 thread, requests taken together but answered by ``recommend`` one by one) and ``none``
+(max_batch = 1: one thread hop per request).
 Targets on the 2-core box: p99 <= 25 ms at concurrency 8, >= 500 requests/s at the best level.
 
     .venv/bin/python benchmarks/serving_http.py                          # 100k items, 2000 requests per level
@@ -143,10 +144,11 @@ def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: i
 
 
 CONFIGS = {  # name -> serve CLI flags (after --threads, so a config may override it)
-    "batch": ["--batch-mode", "batch", "--max-batch", "32"],
-    "batch_2threads": ["--batch-mode", "batch", "--max-batch", "32", "--threads", "2"],
-    "loop": ["--batch-mode", "loop", "--max-batch", "32"],
-    "none": ["--batch-mode", "loop", "--max-batch", "1"],
+    "batch": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2"],
+    "batch_1worker": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1"],
+    "batch_1worker_2threads": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1", "--threads", "2"],
+    "loop": ["--batch-mode", "loop", "--max-batch", "32", "--workers", "1"],
+    "none": ["--batch-mode", "loop", "--max-batch", "1", "--workers", "1"],
 }
 
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--requests", type=int, default=2000, help="per concurrency level")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["batch", "batch_2threads", "loop", "none"])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's worker")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.requests} requests per level (targets: p99 <= {TARGET_P99_MS_AT_8} ms at 8, >= {TARGET_RPS} req/s)")
     for name, run in runs.items():
         for c, r in run["levels"].items():
-            print(f"  {name:>14} c={c:>2}: {r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:6.2f} ms, "
+            print(f"  {name:>22} c={c:>2}: {r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:6.2f} ms, "
                   f"p99 {r['p99_ms']:6.2f} ms, server CPU {r['server_cpu_cores']:.2f} cores "
                   f"({r['server_cpu_ms_per_request']:.2f} ms/request), client {r['client_cpu_cores']:.2f}")
     print(f"  best: {best[0]} at c={best[1]}: {best[2]:.1f} req/s; load avg {result['machine']['load_avg_1m_after']} "

@@ -28,9 +28,9 @@ Bad requests get a 4xx whose body ``{"error": ...}`` names the field: body valid
 :class:`components.serving.RequestError` rejects (unknown profile field, ...) and malformed tensors 400,
 unknown model 404, not ready 503. A bad request fails alone, never its batch, and never the worker.
 
-Batching: each loaded bundle has one worker thread (``Recommender`` is not thread-safe) fed by an asyncio
-queue; the batcher takes every request queued while the previous batch ran (up to ``max_batch``, optionally
-waiting ``max_wait_ms`` for more) and answers them in one thread hop — ``recommend_batch`` per (n, λ) group
+Batching: each loaded bundle has a small thread pool (``workers``, default 2: one batch per core of the
+2-core box) fed by an asyncio queue; whenever a thread is free the batcher takes every request queued
+meanwhile (up to ``max_batch``, optionally waiting ``max_wait_ms`` for more) and answers them in one thread hop — ``recommend_batch`` per (n, λ) group
 (``batch_mode="batch"``, the default) or ``recommend`` per request (``"loop"``). Either way the lists equal
 ``components.evaluate``'s. Batching pays on the 100k-item bundle (K = 4, D = 64, one thread, thread-CPU per
 user): 5.6 ms one by one, 2.0 ms in batches of 8, 1.9 ms in batches of 32 — one pass over the 25.6 MB item
@@ -212,15 +212,17 @@ class Closed(RuntimeError):
 
 
 class Worker:
-    """One loaded bundle: a Recommender, its single thread, and the batcher that feeds it."""
+    """One loaded bundle: a Recommender, its threads, and the batcher that feeds them."""
 
     def __init__(self, arm: str, bundle_dir: Path, rec: Recommender, metrics: Metrics, *, max_batch: int,
-                 max_wait_ms: float, batch_mode: str):
+                 max_wait_ms: float, batch_mode: str, threads: int = 1):
         self.arm, self.bundle_dir, self.rec, self.metrics = arm, Path(bundle_dir), rec, metrics
         self.bundle = self.bundle_dir.name
         self.max_batch, self.max_wait = max(1, int(max_batch)), max(0.0, max_wait_ms) / 1e3
         self.batch_mode = batch_mode
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"rec-{arm}")
+        self.threads = max(1, int(threads))  # batches answered at once (Recommender is thread-safe)
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"rec-{arm}")
+        self._stats_lock = threading.Lock()
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.closed = False
@@ -246,8 +248,11 @@ class Worker:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.threads)
+        running: set[asyncio.Task] = set()
         stop = False
         while not stop:
+            await slots.acquire()  # a batch forms when a thread is free to answer it
             first = await self.queue.get()
             jobs = [] if first is None else [first]
             stop = first is None
@@ -273,19 +278,31 @@ class Worker:
                     if job is not None:
                         jobs.append(job)
             if jobs:
-                try:
-                    outcomes = await loop.run_in_executor(self.executor, self._answer, jobs)
-                except BaseException as exc:  # noqa: BLE001 - never let the batcher die
-                    outcomes = [exc] * len(jobs)
-                for job, out in zip(jobs, outcomes):
-                    if job.future.done():
-                        continue
-                    if isinstance(out, BaseException):
-                        job.future.set_exception(out)
-                    else:
-                        job.future.set_result(out)
-                self.metrics.batch_size.labels(self.arm).observe(len(jobs))
+                task = loop.create_task(self._dispatch(jobs, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            else:
+                slots.release()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
         self.executor.shutdown(wait=False)
+
+    async def _dispatch(self, jobs: list[Job], slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                outcomes = await asyncio.get_running_loop().run_in_executor(self.executor, self._answer, jobs)
+            except BaseException as exc:  # noqa: BLE001 - never let the batcher die
+                outcomes = [exc] * len(jobs)
+            for job, out in zip(jobs, outcomes):
+                if job.future.done():
+                    continue
+                if isinstance(out, BaseException):
+                    job.future.set_exception(out)
+                else:
+                    job.future.set_result(out)
+            self.metrics.batch_size.labels(self.arm).observe(len(jobs))
+        finally:
+            slots.release()
 
     def _answer(self, jobs: list[Job]) -> list:
         """Worker thread: results (or the exception) per job, in order."""
@@ -306,10 +323,11 @@ class Worker:
         else:
             for i, j in enumerate(jobs):
                 out[i] = self._one(j)
-        stats = self.rec.stats
-        self.metrics.fallbacks.labels(self.arm).inc(stats["fallbacks"] - self._stats["fallbacks"])
-        self.metrics.unknown_items.labels(self.arm).inc(stats["unknown_items"] - self._stats["unknown_items"])
-        self._stats = dict(stats)
+        with self._stats_lock:  # threads answer batches concurrently: count each stats change once
+            stats = dict(self.rec.stats)
+            self.metrics.fallbacks.labels(self.arm).inc(stats["fallbacks"] - self._stats["fallbacks"])
+            self.metrics.unknown_items.labels(self.arm).inc(stats["unknown_items"] - self._stats["unknown_items"])
+            self._stats = stats
         return out
 
     def _one(self, j: Job):
@@ -339,16 +357,18 @@ class Service:
         poll_s: seconds between resolver polls (0: never poll; reload only through the admin endpoint).
         max_batch, max_wait_ms, batch_mode: the batcher (see the module docstring).
         num_threads: torch intra-op threads (None: leave as is).
+        workers: threads per bundle answering batches at once (Recommender is thread-safe).
     """
 
     def __init__(self, resolver: Resolver, *, model_name: str = DEFAULT_MODEL_NAME,
                  exposure_log: str | Path | None = None, poll_s: float = 2.0, max_batch: int = 32,
-                 max_wait_ms: float = 0.0, batch_mode: str = "batch", num_threads: int | None = 1):
+                 max_wait_ms: float = 0.0, batch_mode: str = "batch", num_threads: int | None = 1,
+                 workers: int = 2):
         if batch_mode not in ("batch", "loop"):
             raise ValueError(f"batch_mode must be 'batch' or 'loop', got {batch_mode!r}")
         self.resolver, self.model_name, self.poll_s = resolver, model_name, poll_s
         self.max_batch, self.max_wait_ms, self.batch_mode = max_batch, max_wait_ms, batch_mode
-        self.num_threads = num_threads
+        self.num_threads, self.workers = num_threads, workers
         self.metrics = Metrics()
         self.served: Served | None = None
         self.last_error: str | None = None
@@ -416,7 +436,7 @@ class Service:
                         continue
                     rec = await asyncio.to_thread(self._load, Path(path))
                     w = Worker(arm, Path(path), rec, self.metrics, max_batch=self.max_batch,
-                               max_wait_ms=self.max_wait_ms, batch_mode=self.batch_mode)
+                               max_wait_ms=self.max_wait_ms, batch_mode=self.batch_mode, threads=self.workers)
                     w.start()
                     workers[arm] = w
             except Exception as exc:  # noqa: BLE001 - keep serving what we have; report and retry
@@ -778,7 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--batch-mode", choices=("loop", "batch"), default="batch")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of each worker")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=2, help="threads per bundle answering batches at once")
     return p
 
 
@@ -804,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolver()  # fail now, with exit 2, on a missing bundle / bad ab.json
         service = Service(resolver, model_name=args.model_name, exposure_log=args.exposure_log,
                           poll_s=args.poll_s, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                          batch_mode=args.batch_mode, num_threads=args.threads)
+                          batch_mode=args.batch_mode, num_threads=args.threads, workers=args.workers)
         import uvicorn
 
         try:
