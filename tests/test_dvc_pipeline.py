@@ -188,7 +188,8 @@ def test_a_week_of_operating_the_pipeline(repo):
     assert prod_bundle(clone).name == v1.name
     assert len(Recommender.load(prod_bundle(clone)).recommend(["1"], None, 5)) == 5
     history = py(clone, "-m", "components.registry", "history").stdout
-    assert history.count("assign prod") == 3 and history.count("registration") == 2
+    assert history.count("event=assign prod") == 3 and history.count("event=unassign prod") == 2
+    assert history.count("event=registration") == 2
 
 
 def _fails_and_keeps(work: Path, change, outputs: list[str], expect: str) -> None:
