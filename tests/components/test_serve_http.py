@@ -324,7 +324,8 @@ def test_kserve_manifest_runs_this_cli_with_probes_on_its_port():
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": args.port}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": args.port}
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in isvc["spec"]["predictor"]["volumes"]}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in isvc["spec"]["predictor"]["volumes"]
+              if "persistentVolumeClaim" in v}  # the other is the emptyDir at /tmp (readOnlyRootFilesystem)
     storage = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "storage.yaml").read_text()))
     assert claims <= {d["metadata"]["name"] for d in storage if d and d["kind"] == "PersistentVolumeClaim"}
 

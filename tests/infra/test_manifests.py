@@ -212,6 +212,81 @@ def test_every_image_is_managed_by_kustomize_and_runs_as_the_image_user():
             assert c["image"].rsplit(":", 1)[0] in names, (where, c["image"])
 
 
+def all_pod_specs() -> list[tuple[str, dict]]:
+    """Every pod template in infra/k8s: :func:`pod_specs` plus the InferenceService's predictor (a pod spec with
+    KServe's fields; applied on its own, so not in kustomization.yaml)."""
+    (isvc,) = [d for d in yaml.safe_load_all((K8S / "inferenceservice.yaml").read_text()) if d]
+    return [*pod_specs(), (f"InferenceService/{isvc['metadata']['name']}", isvc["spec"]["predictor"])]
+
+
+def security_problems(where: str, spec: dict, uid: int) -> list[str]:
+    """What keeps a pod spec from the cluster defaults the image is tested under (tests/infra/test_image.py):
+    non-root uid with group 0, no privilege escalation, no capabilities, read-only root with an emptyDir /tmp."""
+    problems = []
+    pod = spec.get("securityContext") or {}
+    for key, want in (("runAsNonRoot", True), ("runAsUser", uid), ("runAsGroup", 0), ("fsGroup", 0)):
+        if pod.get(key) != want:
+            problems.append(f"{where}: securityContext.{key} is {pod.get(key)!r}, want {want!r}")
+    if (pod.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: securityContext.seccompProfile.type is not RuntimeDefault")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        name = f"{where}/{c['name']}"
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation must be false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: readOnlyRootFilesystem must be true")
+        if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
+            problems.append(f"{name}: capabilities.drop must be [ALL]")
+        if sc.get("capabilities", {}).get("add") or sc.get("privileged") or sc.get("runAsUser") == 0:
+            problems.append(f"{name}: adds privileges back")
+        tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        if len(tmp) != 1 or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
+            problems.append(f"{name}: /tmp must be an emptyDir volume (the root filesystem is read-only)")
+    return problems
+
+
+def test_every_pod_runs_under_the_restricted_security_defaults():
+    uid = dockerfile_uid()
+    specs = all_pod_specs()
+    assert len(specs) == 4  # the data Job, the PyTorchJob's Master and Worker, the InferenceService
+    problems = [p for where, spec in specs for p in security_problems(where, spec, uid)]
+    assert not problems, "\n".join(problems)
+
+
+def test_security_check_catches_each_missing_setting():
+    uid = dockerfile_uid()
+    where, spec = pod_specs()[0]
+    assert security_problems(where, spec, uid) == []
+    breakages = {
+        "runAsNonRoot": lambda s: s["securityContext"].pop("runAsNonRoot"),
+        "seccompProfile": lambda s: s["securityContext"].pop("seccompProfile"),
+        "allowPrivilegeEscalation": lambda s: s["containers"][0]["securityContext"].update(
+            allowPrivilegeEscalation=True),
+        "readOnlyRootFilesystem": lambda s: s["containers"][0]["securityContext"].pop("readOnlyRootFilesystem"),
+        "capabilities.drop": lambda s: s["containers"][0]["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
+        "/tmp": lambda s: s["volumes"].__setitem__(
+            [v["name"] for v in s["volumes"]].index("tmp"), {"name": "tmp", "hostPath": {"path": "/tmp"}}),
+    }
+    for word, breakage in breakages.items():
+        bad = yaml.safe_load(yaml.safe_dump(spec))
+        breakage(bad)
+        found = security_problems(where, bad, uid)
+        assert any(word in p for p in found), (word, found)
+
+
+def test_the_inferenceservice_pod_fields_match_the_pod_schema():
+    """KServe's predictor is a pod spec plus its own fields: the pod part must be valid Kubernetes."""
+    (where, predictor), = all_pod_specs()[-1:]
+    kserve_only = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency", "timeout",
+                   "canaryTrafficPercent", "logger", "batcher", "model", "annotations", "labels"}
+    pod = {k: v for k, v in predictor.items() if k not in kserve_only}
+    errors = schema_errors({"spec": pod}, "V1PodTemplateSpec", where)
+    assert not errors, errors
+    deserialize({"spec": pod}, "V1PodTemplateSpec")
+
+
 def dockerfile_uid() -> int:
     users = re.findall(r"^USER\s+(\S+)", (REPO / "infra" / "Dockerfile").read_text(), re.M)
     return int(users[-1])
@@ -261,7 +336,8 @@ def test_pytorchjob_merges_the_overrides_it_mounts_and_trains_on_the_prepared_sp
     pwords = shlex.split(" ".join(pspec["containers"][0]["args"]))
     split_cmd = pwords.index("components.split")
     pmounts = {m["name"]: m["mountPath"] for m in pspec["containers"][0]["volumeMounts"]}
-    pclaims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pspec["volumes"]}
+    pclaims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pspec["volumes"]
+               if "persistentVolumeClaim" in v}
     (pvol,) = pclaims
     out = pwords[pwords.index("--out", split_cmd) + 1]
     assert pclaims[pvol] == volumes[workspace]["persistentVolumeClaim"]["claimName"]
