@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import json
 import os
 import platform
@@ -66,10 +67,25 @@ def build_bundle_100k(out: Path, items: int, dim: int, interests: int, max_len: 
     return build_bundle("mind", paths, {}, {}, {"passed": True, "note": "benchmark"}, "benchmark")
 
 
-def start_server(bundle: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def source_at(ref: str, dest: Path) -> Path:
+    """The project's ``components`` and ``models`` packages as of git ``ref``, extracted under ``dest`` (to run
+    an earlier version of the service against the same bundle and client)."""
+    import io
+    import tarfile
+
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "components", "models"],
+                         check=True, capture_output=True).stdout
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(dest, filter="data")
+    return dest
+
+
+def start_server(bundle: Path, extra: list[str], root: Path = REPO) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "components.serve", "--bundle", str(bundle), "--port", "0",
-                             "--poll-s", "0", *extra], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                             "--poll-s", "0", *extra], cwd=root, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
@@ -129,12 +145,12 @@ def _scrape(url: str) -> dict[str, float]:
 
     want = ("mir_worker_cpu_seconds_total", "mir_queue_wait_seconds_sum", "mir_queue_wait_seconds_count",
             "mir_batch_size_sum", "mir_batch_size_count")
-    out = dict.fromkeys(want, 0.0)
+    out: dict[str, float] = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in out:
-            out[name] += float(line.rsplit(" ", 1)[1])
-    return out
+        if name in want:
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {k: out.get(k, math.nan) for k in want}  # NaN: a service version without that metric
 
 
 def _cpu(proc) -> float:
@@ -192,6 +208,7 @@ def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: i
         box_s = _busy(box1) - _busy(box0)
         waits = m1["mir_queue_wait_seconds_count"] - m0["mir_queue_wait_seconds_count"]
         batches = m1["mir_batch_size_count"] - m0["mir_batch_size_count"]
+        nan_none = lambda x: None if math.isnan(x) else x  # noqa: E731
         out[str(c)] = {"requests": n, "requests_per_s": n / wall,
                        "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                        "mean_ms": float(ms.mean()),
@@ -200,11 +217,13 @@ def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: i
                        "others_cpu_cores": max(0.0, box_s - server_s - (me1 - me0)) / wall,
                        # load-independent: server CPU per request, and how it splits
                        "server_cpu_ms_per_request": 1e3 * server_s / n,
-                       "cpu_ms_per_request": {"worker": 1e3 * worker_s / n, "event_loop": 1e3 * loop_s / n,
-                                              "other": 1e3 * (server_s - worker_s - loop_s) / n,
+                       "cpu_ms_per_request": {"worker": nan_none(1e3 * worker_s / n),
+                                              "event_loop": 1e3 * loop_s / n,
+                                              "other": nan_none(1e3 * (server_s - worker_s - loop_s) / n),
+                                              "worker_and_other": 1e3 * (server_s - loop_s) / n,
                                               "client": 1e3 * (me1 - me0) / n},
-                       "queue_wait_ms_mean": 1e3 * (m1["mir_queue_wait_seconds_sum"]
-                                                    - m0["mir_queue_wait_seconds_sum"]) / max(waits, 1),
+                       "queue_wait_ms_mean": nan_none(1e3 * (m1["mir_queue_wait_seconds_sum"]
+                                                             - m0["mir_queue_wait_seconds_sum"]) / max(waits, 1)),
                        "batch_size_mean": (m1["mir_batch_size_sum"] - m0["mir_batch_size_sum"]) / max(batches, 1)}
     return out
 
@@ -237,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="raise the load generator's niceness by this much while it drives the server")
     parser.add_argument("--custom", metavar="FLAGS", help="also run a config 'custom' with these serve flags")
     parser.add_argument("--reuse-bundle", action="store_true", help="keep a bundle already built under --out")
+    parser.add_argument("--before", metavar="GIT_REF",
+                        help="also measure the service as of this commit (same bundle, client and configs), "
+                             "each config right before the current one; recorded under 'before'")
     args = parser.parse_args(argv)
     configs = {name: CONFIGS[name] for name in args.configs}
     if args.custom:
@@ -251,15 +273,19 @@ def main(argv: list[str] | None = None) -> dict:
     bodies = [{"history": [f"i{i}" for i in rng.integers(1, args.items, rng.integers(5, 51))], "n": args.n}
               for _ in range(args.warmup + args.requests)]
     load0 = os.getloadavg()[0]
-    runs = {}
+    old_root = source_at(args.before, args.out / "before_src") if args.before else None
+    runs, before = {}, {}
     for name, flags in configs.items():
-        proc, url = start_server(bundle, ["--threads", str(args.threads)] + flags)
-        try:
-            runs[name] = {"flags": flags, "levels": measure(url, proc.pid, bodies, args.levels, args.warmup,
-                                                            args.client_nice)}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+        for root, into in ((old_root, before), (REPO, runs)):
+            if root is None:
+                continue
+            proc, url = start_server(bundle, ["--threads", str(args.threads)] + flags, root)
+            try:
+                into[name] = {"flags": flags, "levels": measure(url, proc.pid, bodies, args.levels, args.warmup,
+                                                                args.client_nice)}
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
     best = max(((n, c, r["requests_per_s"]) for n, run in runs.items() for c, r in run["levels"].items()),
                key=lambda x: x[2])
     default = runs.get("batch") or next(iter(runs.values()))
@@ -269,6 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
                    "n": args.n, "requests_per_level": args.requests, "warmup": args.warmup,
                    "server_threads": args.threads, "model": "mind (random init, dynamic_interests=false)",
                    "client": "asyncio streams in one process, one keep-alive HTTP/1.1 connection per concurrent user"},
+        "timed": "client side: from just before a request's bytes are written to its keep-alive connection "
+                 "until its whole response is read (perf_counter), every request of a level after a warm-up "
+                 "of --warmup requests at concurrency 8; requests_per_s = requests / wall time of the level; "
+                 "CPU from psutil (process, its main thread) and the service's mir_worker_cpu_seconds",
+        "client_nice": args.client_nice,
         "runs": runs,
         "best": {"config": best[0], "concurrency": int(best[1]), "requests_per_s": best[2]},
         "default_config": "batch",
@@ -276,6 +307,9 @@ def main(argv: list[str] | None = None) -> dict:
         "target_p99_met": p99_8 is not None and p99_8 <= TARGET_P99_MS_AT_8,
         "target_rps_met": best[2] >= TARGET_RPS,
         "export_s": export_s,
+        **({"before": {"ref": args.before, "commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", args.before], capture_output=True,
+            text=True).stdout.strip(), "runs": before}} if args.before else {}),
         "command": "python benchmarks/serving_http.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_before": round(load0, 2),
                     "load_avg_1m_after": round(os.getloadavg()[0], 2), "python": platform.python_version()},
@@ -284,13 +318,13 @@ def main(argv: list[str] | None = None) -> dict:
     args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(f"serving over HTTP, {args.items} items, K={args.interests}, D={args.dim}, n={args.n}, "
           f"{args.requests} requests per level (targets: p99 <= {TARGET_P99_MS_AT_8} ms at 8, >= {TARGET_RPS} req/s)")
-    for name, run in runs.items():
+    for name, run in [*((f"{n}@{args.before}", r) for n, r in before.items()), *runs.items()]:
         for c, r in run["levels"].items():
             print(f"  {name:>22} c={c:>2}: {r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:6.2f} ms, "
                   f"p99 {r['p99_ms']:6.2f} ms, server CPU {r['server_cpu_cores']:.2f} cores "
                   f"({r['server_cpu_ms_per_request']:.2f} ms/request: " + ", ".join(
-                      f"{k} {v:.2f}" for k, v in r["cpu_ms_per_request"].items()) +
-                  f"), batch {r['batch_size_mean']:.1f}, queue {r['queue_wait_ms_mean']:.2f} ms, "
+                      f"{k} {v:.2f}" for k, v in r["cpu_ms_per_request"].items() if v is not None) +
+                  f"), batch {r['batch_size_mean']:.1f}, queue {r['queue_wait_ms_mean'] or math.nan:.2f} ms, "
                   f"others {r['others_cpu_cores']:.2f} cores")
     print(f"  best: {best[0]} at c={best[1]}: {best[2]:.1f} req/s; load avg {result['machine']['load_avg_1m_after']} "
           f"-> {args.results}")
