@@ -50,7 +50,7 @@ MULTI_TARGET = 0.30
 BEST_TARGET = 0.37
 REFERENCE_BEST = 0.336   # SINE in the reference library on this protocol (issue 6)
 ORDER = ["quality", "planted", "train_speed", "train_speed_2threads", "speed", "data_path", "index", "serving",
-         "end_to_end"]
+         "serving_http", "end_to_end"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -1006,6 +1006,16 @@ def end_to_end_section(data: dict) -> list[str]:
     return out
 
 
+def _section_module(name: str):
+    """``benchmarks/<name>.py``, a section kept in a module of its own (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def render(results_dir: Path, out_path: Path, img_dir: Path, plots: bool = True) -> str:
     """Write ``out_path`` from ``results_dir/*.json`` (PNGs into ``img_dir`` unless ``plots`` is False)."""
     _PLOTS["on"] = plots
@@ -1056,6 +1066,8 @@ def _render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
             body = end_to_end_section(data)
         elif p.stem == "speed":
             body = speed_section(data, img_dir, rel, out_path)
+        elif p.stem == "serving_http" and isinstance(data, dict):
+            body = _section_module("report_serving_http").serving_http_section(data)
         else:
             body = generic_section(p.stem, data, img_dir, rel)
         parts += body
