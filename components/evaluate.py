@@ -449,7 +449,7 @@ def run(cfg: EvaluateConfig, split_dir: Path, model_dir: Path, out_dir: Path, *,
     """Evaluate ``model_dir/model.pt`` on ``split_dir``; write ``out_dir`` atomically.
 
     Writes ``metrics.json`` (DVC metrics), ``per_user.parquet``, ``lambda_sweep.json``,
-    ``faiss_check.json`` (when enabled) and ``plots/`` (CSV/JSON for DVC plots + PNGs).
+    ``faiss_check.json`` (``{"enabled": false}`` when off) and ``plots/`` (CSV/JSON for DVC plots + PNGs).
 
     Returns:
         the metrics dict.
@@ -465,8 +465,9 @@ def run(cfg: EvaluateConfig, split_dir: Path, model_dir: Path, out_dir: Path, *,
         write_json(tmp / "metrics.json", res["metrics"])
         res["per_user"].to_parquet(tmp / "per_user.parquet", index=False)
         write_json(tmp / "lambda_sweep.json", res["lambda_sweep"])
-        if res["faiss_check"] is not None:
-            write_json(tmp / "faiss_check.json", res["faiss_check"])
+        # always written (a declared DVC output): the check's figures, or that it was off
+        write_json(tmp / "faiss_check.json", res["faiss_check"] if res["faiss_check"] is not None
+                   else {"enabled": False})
         plots = tmp / "plots"
         plots.mkdir()
         write_plots(plots, cfg, res, model, model_dir, max_len)
