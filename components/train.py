@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from components.config import ParamsError, from_dict, load_params, section, to_dict
-from components.io import cli_main, write_json
+from components.io import apply_umask, cli_main, write_json
 
 VAL_TOPN = 50
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -454,7 +454,8 @@ def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *,
         "seed": seed,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # mkdtemp makes 0700: give the output folder the umask's mode (another pod's user must read the model)
+    staging = apply_umask(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent)))
     try:
         if not M.is_trainable(net):
             summary = _fit_counts(cfg, net, meta, split_dir, staging, extra_base)

@@ -27,6 +27,11 @@ OUT = REPO / "infra" / "requirements-runtime.txt"
 #: (drives containers from the host: pipelines.run_local --runner docker).
 DEV_ONLY = frozenset({"pytest", "dvc", "docker"})  # gto stays: gate_export uses the registry
 
+#: Imported by the code but missing from pyproject.toml's ``dependencies`` (installed by ``make setup`` only because
+#: the lock lists it): orjson, by components/serve.py. Without it the image cannot serve. tests/infra/test_image.py
+#: checks that every third-party module the code imports comes from a package of the runtime file.
+UNDECLARED = ("orjson",)
+
 #: Required by a runtime package but left out of the lock (pip-compile omits it by default): torch needs
 #: ``setuptools>=77.0.3`` (torch.utils.cpp_extension), and the image builds the project's editable install with it.
 #: Pinned here, the one version outside the lock; the same version ``make setup``'s venv runs.
@@ -84,7 +89,7 @@ def _marker_applies(marker: str) -> bool:
 
 def render(lock: Path = LOCK, pyproject: Path = REPO / "pyproject.toml") -> str:
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    roots = [d for d in deps if requirement_name(d) not in DEV_ONLY]
+    roots = [d for d in deps if requirement_name(d) not in DEV_ONLY] + list(UNDECLARED)
     locked = lock_lines(lock)
     keep = runtime_names(roots, locked)
     lines = {**locked, **UNLOCKED_PINS}

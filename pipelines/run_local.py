@@ -111,6 +111,11 @@ def check(params: dict, *, registry: str | Path = DEFAULT_REGISTRY, input_uri: s
                         input_uri=str(input_uri) if input_uri else "")
 
 
+#: git's safe.directory given through the environment (command-line scope, which git trusts): a registry
+#: location written by the image's user (uid 10001) is "dubious ownership" to the host user reading it.
+_SAFE_DIRECTORY = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": ""}
+
+
 class _ContainerStatuses:
     """Runs each kfp.local container without auto-remove, reads its real exit status, then removes it.
 
@@ -226,10 +231,20 @@ def run(params: dict, *, pipeline_root: str | Path = DEFAULT_ROOT, cache: bool =
     if (registry_dir / ".git").exists():
         from components.registry import Registry
 
-        reg = Registry.location(registry_dir)
-        prod = reg.prod()
-        result.prod = prod.bundle if prod else None
-        result.versions = [f"{v.version}={v.bundle}" for v in reg.versions()]
+        saved_env = {k: os.environ.get(k) for k in _SAFE_DIRECTORY}
+        if runner == "docker":  # the containers' user owns the repository: git refuses it unless trusted
+            os.environ.update({**_SAFE_DIRECTORY, "GIT_CONFIG_VALUE_0": str(registry_dir)})
+        try:
+            reg = Registry.location(registry_dir)
+            prod = reg.prod()
+            result.prod = prod.bundle if prod else None
+            result.versions = [f"{v.version}={v.bundle}" for v in reg.versions()]
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     if statuses is not None:
         result.container_statuses = [code for _, code in statuses.statuses]
         failed = [f"container {cid} exited {code}" for cid, code in statuses.statuses if code != 0]
