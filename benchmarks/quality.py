@@ -8,7 +8,7 @@ on the **test** users: per metric the mean over seeds, the standard deviation (d
 bootstrap interval of the mean over seeds. Also the leave-one-out protocol (same chosen settings).
 
 Models (variants): MostPopular, YouTube DNN, MIND, MIND+HN, ComiRec-DR, ComiRec-DR+HN, ComiRec-SA,
-ComiRec-SA+HN, UMI. A ``+hn`` variant is the params.yaml variant with ``harder_negatives: true`` (UMI eqs.
+ComiRec-SA+HN, UMI, UMI+HN. A ``_hn`` variant is the params.yaml variant with ``harder_negatives: true`` (UMI eqs.
 12-13); everything else comes from params.yaml (``models.*``, ``train``, ``evaluate``). Metrics @20 and @50:
 Recall, NDCG, HitRate, Precision, Diversity (components.evaluate; ComiRec eqs. 14-17) and the λ sweep of
 ComiRec's controllable aggregation (Table 5) on the test users.
@@ -26,7 +26,8 @@ Choices the issue leaves open (also in docs/RESULTS.md):
   tuning table shows "–" for the points not run: with 10 epochs several ``lr3e-3`` runs were still improving
   at the last epoch, so the slower ``default`` lr was not expected to win). Test seeds 2026-2030 for every
   variant (strong generalization); the K/σ/p sweeps at the tuning seed; leave-one-out with seed 2026 for the
-  variants chosen on valid (MostPopular, YouTube DNN, MIND+HN, ComiRec-DR+HN, ComiRec-SA+HN, UMI).
+  variants chosen on valid (MostPopular, YouTube DNN, MIND+HN, ComiRec-DR+HN, ComiRec-SA+HN, UMI+HN; the
+  single-split runs had no plain UMI).
 - Code versions: seeds 2026-2028 and the sweeps ran before, seeds 2029-2030 and leave-one-out after the
   training speed-ups of the same day (per-item table lookups, routing layouts, hard selection by max): the
   same maths, different float rounding, so the two groups are statistically, not bitwise, comparable.
@@ -76,21 +77,33 @@ RESULT = REPO / "benchmarks" / "results" / "quality.json"
 
 SEEDS = (2026, 2027, 2028, 2029, 2030)
 PROTOCOLS = {"sg": "strong_generalization", "loo": "leave_one_out"}
-#: variant -> (params.yaml variant, harder_negatives override or None)
+#: variant -> (params.yaml variant, harder_negatives override or None). The names are params.yaml's: a plain
+#: name is the paper's model, ``_hn`` the same with UMI's harder negatives (eqs. 12-13). Until 2026-11-29 the
+#: +HN variants were spelled ``mind+hn`` etc. and ``umi`` was UMI *with* HN: quality.json and the run cache
+#: were renamed to these names (``umi`` -> ``umi_hn``), the figures are unchanged.
 VARIANTS: dict[str, tuple[str, bool | None]] = {
     "most_popular": ("most_popular", None),
     "youtube_dnn": ("youtube_dnn", None),
     "mind": ("mind", False),
-    "mind+hn": ("mind", True),
+    "mind_hn": ("mind_hn", True),
     "comirec_dr": ("comirec_dr", False),
-    "comirec_dr+hn": ("comirec_dr", True),
+    "comirec_dr_hn": ("comirec_dr_hn", True),
     "comirec_sa": ("comirec_sa", False),
-    "comirec_sa+hn": ("comirec_sa", True),
-    "umi": ("umi", True),
+    "comirec_sa_hn": ("comirec_sa_hn", True),
+    "umi": ("umi", False),
+    "umi_hn": ("umi_hn", True),
 }
-LABELS = {"most_popular": "MostPopular", "youtube_dnn": "YouTube DNN", "mind": "MIND", "mind+hn": "MIND+HN",
-          "comirec_dr": "ComiRec-DR", "comirec_dr+hn": "ComiRec-DR+HN", "comirec_sa": "ComiRec-SA",
-          "comirec_sa+hn": "ComiRec-SA+HN", "umi": "UMI"}
+
+
+def _labels() -> dict[str, str]:
+    """variant -> display name, from models.variant_label (the one place labels are made)."""
+    from models import variant_label
+
+    return {v: variant_label({"arch": base.removesuffix("_hn"), "harder_negatives": bool(hn)})
+            for v, (base, hn) in VARIANTS.items()}
+
+
+LABELS = _labels()
 TOPN = (20, 50)
 METRICS = tuple(f"{m}@{n}" for n in TOPN for m in ("recall", "ndcg", "hitrate", "precision")) + ("diversity@50",)
 
@@ -108,9 +121,9 @@ GRID: dict[str, dict[str, Any]] = {
 #: argmax, ComiRec eq. 8). The sweeps use the HN variants because those are what valid chose for MIND and
 #: ComiRec (an unchosen variant's curve would describe a model nobody ships).
 SWEEPS: dict[str, tuple[tuple[str, ...], str, tuple[Any, ...]]] = {
-    "K": (("comirec_dr+hn", "comirec_sa+hn"), "num_interests", (2, 4, 6, 8)),
-    "sigma": (("mind+hn",), "routing_sigma", (0.1, 1.0, 5.0)),
-    "p": (("mind+hn",), "attention_pow", (0.0, 1.0, 2.0, None)),
+    "K": (("comirec_dr_hn", "comirec_sa_hn"), "num_interests", (2, 4, 6, 8)),
+    "sigma": (("mind_hn",), "routing_sigma", (0.1, 1.0, 5.0)),
+    "p": (("mind_hn",), "attention_pow", (0.0, 1.0, 2.0, None)),
 }
 #: the training budget of every run: at most this many epochs (early stopping with train.patience inside)
 BUDGET_EPOCHS = 10

@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: issue 6 targets on test Recall@50 (strong generalization, mean over seeds)
 TARGETS = {"most_popular": ("0.205 ± 0.02", lambda x: abs(x - 0.205) <= 0.02),
            "youtube_dnn": ("≥ 0.25", lambda x: x >= 0.25)}
-MULTI = {"mind": ("mind", "mind+hn"), "comirec_dr": ("comirec_dr", "comirec_dr+hn"),
-         "comirec_sa": ("comirec_sa", "comirec_sa+hn"), "umi": ("umi",)}
+MULTI = {"mind": ("mind", "mind_hn"), "comirec_dr": ("comirec_dr", "comirec_dr_hn"),
+         "comirec_sa": ("comirec_sa", "comirec_sa_hn"), "umi": ("umi", "umi_hn")}
 MULTI_TARGET = 0.30
 BEST_TARGET = 0.37
 REFERENCE_BEST = 0.336   # SINE in the reference library on this protocol (issue 6)
@@ -167,6 +167,10 @@ def save(fig, img_dir: Path, name: str, rel: str) -> str:
 #: UMI (SIGIR 2022) Table 2, MovieLens(-1M) HitRate@50 (%); its "ComiRec" row stands for both ComiRec models
 PAPER_UMI_T2 = {"youtube_dnn": 26.687, "mind": 22.415, "mind+hn": 25.781, "comirec": 20.839,
                 "comirec+hn": 26.367, "umi": 27.805}
+#: our variant -> its row of UMI Table 2 (the paper's "UMI" is trained with its harder negatives: our umi_hn;
+#: plain UMI has no row there)
+UMI_T2_ROW = {"youtube_dnn": "youtube_dnn", "mind": "mind", "mind_hn": "mind+hn", "comirec_dr": "comirec",
+              "comirec_sa": "comirec", "comirec_dr_hn": "comirec+hn", "comirec_sa_hn": "comirec+hn", "umi_hn": "umi"}
 #: ComiRec (KDD 2020) Table 3, Recall@50 (%): (Amazon Books, Taobao)
 PAPER_COMIREC_T3 = {"most_popular": (2.400, 0.735), "youtube_dnn": (7.312, 6.172), "mind": (7.638, 8.155), "comirec_sa": (8.467, 9.462),
                     "comirec_dr": (8.106, 9.818)}
@@ -186,9 +190,22 @@ PAPER_MIND_FIG3 = {"sigma": "σ ∈ {0.1, 1, 5}: \"each curve of 3 values almost
 PAPER_MIND_DYNAMIC = "no CTR gain; \"can decrease the cost of serving\" (MIND §4.3, Fig. 4)"
 
 
+def variant_display(variant: str) -> str:
+    """The display name of a benchmark variant (params.yaml's naming: ``<arch>`` or ``<arch>_hn``) through
+    ``models.variant_label``, the one place labels are made; an unknown name is shown as it is."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from models import ARCH_LABELS, variant_label
+
+    arch = variant.removesuffix("_hn")
+    if arch not in ARCH_LABELS:
+        return variant
+    return variant_label({"arch": arch, "harder_negatives": variant.endswith("_hn")})
+
+
 def _paper_name(variant: str) -> str:
     """The paper model a variant of ours stands for (the papers' sweeps have no +HN rows)."""
-    return variant.split("+")[0]
+    return variant.removesuffix("_hn")
 
 
 # -------------------------------------------------------------------------------------------- verdicts
@@ -251,8 +268,8 @@ def spread(points: list[dict]) -> tuple[float, float, dict, dict]:
 
 
 # --------------------------------------------------------------------------------------------- quality
-MODEL_ORDER = ["most_popular", "youtube_dnn", "mind", "mind+hn", "comirec_dr", "comirec_dr+hn", "comirec_sa",
-               "comirec_sa+hn", "umi"]
+MODEL_ORDER = ["most_popular", "youtube_dnn", "mind", "mind_hn", "comirec_dr", "comirec_dr_hn", "comirec_sa",
+               "comirec_sa_hn", "umi", "umi_hn"]
 METRIC_ORDER = ["recall@20", "ndcg@20", "hitrate@20", "precision@20", "recall@50", "ndcg@50", "hitrate@50",
                 "precision@50", "diversity@50"]
 SWEEP_TITLES = {"K": ("ComiRec Table 4", "K (num_interests)"), "sigma": ("MIND Fig. 3", "σ (routing_sigma)"),
@@ -316,7 +333,7 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     res = _ordered(data.get("results", {}))
     meta = data.get("meta", {})
     labels = meta.get("labels", {})
-    lab = lambda v: labels.get(v, v)  # noqa: E731
+    lab = lambda v: labels.get(v) or variant_display(v)  # noqa: E731
     sg = {v: p["sg"] for v, p in res.items() if "sg" in p}
     loo = {v: p["loo"] for v, p in res.items() if "loo" in p}
     multi = {v for vs in MULTI.values() for v in vs}
@@ -381,14 +398,13 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     if sg:
         prow = []
         for v, p in sg.items():
-            umi = PAPER_UMI_T2.get({"comirec_dr": "comirec", "comirec_sa": "comirec", "comirec_dr+hn": "comirec+hn",
-                                    "comirec_sa+hn": "comirec+hn"}.get(v, v))
+            umi = PAPER_UMI_T2.get(UMI_T2_ROW.get(v, ""))
             t3 = PAPER_COMIREC_T3.get(v)
             prow.append([lab(v), pm(p.get("recall@50")), pm(p.get("hitrate@50")),
                          f"{umi:.3f}" if umi is not None else "–",
                          f"{t3[0]:.3f} / {t3[1]:.3f}" if t3 else "–"])
         out.append("\nThe papers' figures for the same models (other data, so compare orderings, not levels; UMI's "
-                   "ComiRec row stands for both ComiRec models):\n")
+                   "ComiRec row stands for both ComiRec models, its UMI row is UMI+HN):\n")
         out.append(table(["model", "ours: test Recall@50", "ours: test HitRate@50",
                           "UMI Table 2: HitRate@50 % (MovieLens-1M)",
                           "ComiRec Table 3: Recall@50 % (Amazon Books / Taobao)"], prow))
@@ -429,7 +445,8 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
             continue
         v = max(cands, key=lambda c: sg[c]["valid.recall@50"]["mean"])  # with or without HN, chosen on VALID
         m = sg[v]["recall@50"]
-        trows.append([f"{lab(name)} (→ {lab(v)}, chosen on valid)", f"≥ {MULTI_TARGET}", pm(m), nseeds(m),
+        how = "chosen on valid" if len(cands) > 1 else "the only variant run"
+        trows.append([f"{lab(name)} (→ {lab(v)}, {how})", f"≥ {MULTI_TARGET}", pm(m), nseeds(m),
                       "met" if m["mean"] >= MULTI_TARGET else "**missed**"])
     scored = [v for v in sg if "recall@50" in sg[v] and "valid.recall@50" in sg[v]]
     if scored:
@@ -593,9 +610,7 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     rows = []
 
     def umi_fig(*vs: str) -> str:
-        key = lambda v: {"comirec_dr": "comirec", "comirec_sa": "comirec", "comirec_dr+hn": "comirec+hn",  # noqa: E731
-                         "comirec_sa+hn": "comirec+hn"}.get(v, v)
-        return " vs ".join(f"{PAPER_UMI_T2[key(v)]:.1f}" for v in vs) + " (HR@50, ML-1M)"
+        return " vs ".join(f"{PAPER_UMI_T2[UMI_T2_ROW[v]]:.1f}" for v in vs) + " (HR@50, ML-1M)"
 
     def t3_fig(a: str, b: str) -> str:
         x, y = PAPER_COMIREC_T3[a], PAPER_COMIREC_T3[b]
@@ -604,20 +619,24 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     claims = [("UMI Table 2", "MIND < YouTube DNN", umi_fig("mind", "youtube_dnn"),
                verdict(g("mind"), g("youtube_dnn")))]
     for base in ("mind", "comirec_dr", "comirec_sa"):
-        claims.append(("UMI Table 2", f"HN lifts {lab(base)} ({lab(base)} < {lab(base + '+hn')})",
-                       umi_fig(base, base + "+hn"), verdict(g(base), g(base + "+hn"))))
-        claims.append(("UMI Table 2", f"{lab(base + '+hn')} reaches about YouTube DNN",
-                       umi_fig(base + "+hn", "youtube_dnn"), reaches(g(base + "+hn"), g("youtube_dnn"))))
-    for v in ("youtube_dnn", "mind", "mind+hn", "comirec_dr", "comirec_dr+hn", "comirec_sa", "comirec_sa+hn"):
-        claims.append(("UMI Table 2", f"UMI best ({lab(v)} < UMI)", umi_fig(v, "umi"), verdict(g(v), g("umi"))))
-    others = [v for v in MODEL_ORDER if v not in ("umi", "most_popular") and g(v)]
-    if g("umi") and others:
-        vds = [verdict(g(v), g("umi"))[0] for v in others]
-        rank = 1 + sum(g(v)["mean"] > g("umi")["mean"] for v in others)
-        claims.append(("UMI Table 2", f"UMI best of all {len(others) + 1} trained models", umi_fig("umi") + " best",
+        claims.append(("UMI Table 2", f"HN lifts {lab(base)} ({lab(base)} < {lab(base + '_hn')})",
+                       umi_fig(base, base + "_hn"), verdict(g(base), g(base + "_hn"))))
+        claims.append(("UMI Table 2", f"{lab(base + '_hn')} reaches about YouTube DNN",
+                       umi_fig(base + "_hn", "youtube_dnn"), reaches(g(base + "_hn"), g("youtube_dnn"))))
+    # the paper's UMI is trained with its harder negatives: our umi_hn ("UMI+HN")
+    umi = lab("umi_hn")
+    for v in ("youtube_dnn", "mind", "mind_hn", "comirec_dr", "comirec_dr_hn", "comirec_sa", "comirec_sa_hn"):
+        claims.append(("UMI Table 2", f"{umi} best ({lab(v)} < {umi})", umi_fig(v, "umi_hn"),
+                       verdict(g(v), g("umi_hn"))))
+    others = [v for v in MODEL_ORDER if v not in ("umi_hn", "most_popular") and g(v)]
+    if g("umi_hn") and others:
+        vds = [verdict(g(v), g("umi_hn"))[0] for v in others]
+        rank = 1 + sum(g(v)["mean"] > g("umi_hn")["mean"] for v in others)
+        claims.append(("UMI Table 2", f"{umi} best of all {len(others) + 1} trained models",
+                       umi_fig("umi_hn") + " best",
                        ("does not hold" if "does not hold" in vds else "holds" if all(x == "holds" for x in vds)
                         else "within noise",
-                        f"UMI ranks {rank} of {len(others) + 1} by mean; pairwise verdicts: "
+                        f"{umi} ranks {rank} of {len(others) + 1} by mean; pairwise verdicts: "
                         + ", ".join(f"{vds.count(x)} {x}" for x in ("holds", "within noise", "does not hold")
                                     if vds.count(x)))))
     for v in ("mind", "comirec_dr", "comirec_sa"):

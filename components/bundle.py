@@ -12,7 +12,9 @@ A bundle holds data only — nothing executable is read from it:
     index.faiss, item_ids.npy, index.json, items.parquet, vocab.json
     manifest.json        ``format``, the model description (model, arch, hparams, max_len, exclude_history,
                          data_version), ``files`` {name: sha256}, ``sizes`` {name: bytes}, ``content_hash``,
-                         and outside the hash: metrics, gate verdict, params, library versions, created_at
+                         and outside the hash: ``label`` (the display name, "MIND+HN" for a variant trained
+                         with harder negatives: models.variant_label), metrics, gate verdict, params, library
+                         versions, created_at
 
 The torch backend rebuilds the user tower from the project's own classes (:func:`models.build_model` with
 the manifest's arch + hparams) and the safetensors state dict; the ONNX graph is run only by ONNX Runtime,

@@ -459,8 +459,11 @@ def run(cfg: EvaluateConfig, split_dir: Path, model_dir: Path, out_dir: Path, *,
     split_dir, model_dir, out_dir = Path(split_dir), Path(model_dir), Path(out_dir)
     if max_len < 1:
         raise ParamsError(f"max_len must be >= 1, got {max_len}")
-    model = load_model(model_dir / "model.pt")
+    model, extra = load_model(model_dir / "model.pt", with_extra=True)
     res = evaluate_model(cfg, model, split_dir, max_len=max_len, seed=seed)
+    label = model_label(model, extra)
+    if label is not None:  # the display name ("MIND+HN"): a string, which `dvc metrics show` leaves out
+        res["metrics"] = {"label": label, **res["metrics"]}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", res["metrics"])
         res["per_user"].to_parquet(tmp / "per_user.parquet", index=False)
@@ -643,6 +646,17 @@ def _coupling(model, res: dict[str, Any], num_users: int, max_len: int) -> dict[
     return {"users": out}
 
 
+def model_label(model: Any, extra: dict[str, Any] | None) -> str | None:
+    """The display name of a trained model (``models.variant_label``) from what ``components.train`` stored
+    in ``model.pt`` (arch, harder_negatives); None for a model file without that record."""
+    from models import arch_of, variant_label
+
+    rec = (extra or {}).get("model")
+    if not isinstance(rec, dict):
+        return None
+    return variant_label({"arch": arch_of(model), "harder_negatives": bool(rec.get("harder_negatives", False))})
+
+
 # -------------------------------------------------------------------------------------------------- report
 def report(eval_dirs: dict[str, Path], out_path: Path) -> None:
     """Markdown table of all variants side by side (ComiRec Table 3 style), test users, with CIs.
@@ -675,8 +689,8 @@ def report(eval_dirs: dict[str, Path], out_path: Path) -> None:
         f"Test users (strong generalization, ComiRec §4.1); metrics in %, mean over users with a {level} "
         "bootstrap interval in brackets. Overlapping intervals mean the difference is within noise.",
         "",
-        "| model | users | " + " | ".join(f"{_label(mt)}@{n}" for mt, n in cols) + " |",
-        "|---|---:|" + "---:|" * len(cols),
+        "| model | variant | users | " + " | ".join(f"{_label(mt)}@{n}" for mt, n in cols) + " |",
+        "|---|---|---:|" + "---:|" * len(cols),
     ]
     best = {c: max((m.get(f"test.{c[0]}@{c[1]}", -1.0) for m in loaded.values()), default=-1.0) for c in cols}
     for name, m in loaded.items():
@@ -694,9 +708,11 @@ def report(eval_dirs: dict[str, Path], out_path: Path) -> None:
                 cell += f" [{100 * m[key + '_ci_low']:.1f}, {100 * m[key + '_ci_high']:.1f}]"
             cells.append(cell)
         users = m.get("test.num_users", "?")
-        lines.append(f"| {name} | {users} | " + " | ".join(cells) + " |")
-    lines += ["", "Best mean per accuracy column in bold. Valid-user figures and per-user values: "
-              "`artifacts/eval/<model>/metrics.json`, `per_user.parquet`.", ""]
+        label = m.get("label") if isinstance(m.get("label"), str) else name
+        lines.append(f"| {label} | `{name}` | {users} | " + " | ".join(cells) + " |")
+    lines += ["", "Best mean per accuracy column in bold. \"+HN\": trained with UMI's harder negatives (eqs. 12-13); "
+              "a name without it is the paper's model. Valid-user figures and per-user values: "
+              "`artifacts/eval/<variant>/metrics.json`, `per_user.parquet`.", ""]
     with atomic_path(out_path) as tmp:
         tmp.write_text("\n".join(lines))
 

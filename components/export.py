@@ -173,12 +173,12 @@ def build_bundle(variant: str, paths: ExportPaths, params: dict[str, Any], metri
 
     from components import bundle as B
     from components.build_index import build_faiss_index, load_index
-    from components.evaluate import item_table, load_catalogue
+    from components.evaluate import item_table, load_catalogue, model_label
     from components.io import apply_umask, replace_dir
     from models import arch_of, load_model
 
     model_path = paths.models_dir / variant / "model.pt"
-    model = load_model(model_path)
+    model, extra = load_model(model_path, with_extra=True)
     cat = load_catalogue(paths.split_dir)
     max_len = int(model.config.get("max_len", 0))
     if max_len < 1:
@@ -229,6 +229,9 @@ def build_bundle(variant: str, paths: ExportPaths, params: dict[str, Any], metri
         files, sizes = B.describe_files(tmp)
         manifest = {
             "format": B.FORMAT, "name": final.name, **ident,
+            # the display name ("MIND+HN": trained with harder negatives); not hashed: it follows from
+            # the training record, and a bundle's identity stays what defines the served answers
+            "label": model_label(model, extra),
             "params": (params.get("models") or {}).get(variant, {}),
             "params_sections": {k: params.get(k) for k in ("evaluate", "index", "export", "gates")},
             "metrics": metrics, "gate": gate, "libraries": library_versions(), "files": files, "sizes": sizes,

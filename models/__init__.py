@@ -45,6 +45,18 @@ ARCHS: dict[str, str] = {
     "umi": "models.umi:UMI",
 }
 
+#: arch name -> the paper's model name, what a human reads (see :func:`variant_label`)
+ARCH_LABELS: dict[str, str] = {
+    "most_popular": "MostPopular",
+    "youtube_dnn": "YouTube DNN",
+    "mind": "MIND",
+    "comirec_dr": "ComiRec-DR",
+    "comirec_sa": "ComiRec-SA",
+    "umi": "UMI",
+}
+#: suffix of a variant trained with harder negatives (UMI eqs. 12-13), which none of the other papers uses
+HN_SUFFIX = "+HN"
+
 #: constructor arguments every arch accepts, filled by the trainer from the split and ``train.max_len``
 DATA_HPARAMS = ("num_items", "num_categories", "profile_cardinalities", "max_len")
 
@@ -75,6 +87,32 @@ def model_class(arch: str) -> type:
         raise ParamsError(f"arch: unknown model {arch!r} (known: {', '.join(sorted(ARCHS))})")
     module, name = ARCHS[arch].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def variant_label(entry: Any) -> str:
+    """The display name of a model variant: the paper's model name, plus ``+HN`` when it is trained with
+    harder negatives, so that "MIND" always means the paper's MIND. The one place labels are made (report,
+    metrics.json, bundle manifest, docs/RESULTS.md).
+
+    Args:
+        entry: a ``models.<variant>`` mapping of params.yaml, or the ``model`` record ``components.train``
+            stores in ``model.pt``'s extra -- anything with ``arch`` and optionally ``harder_negatives``
+            (absent = false, as in the trainer) -- or an object with those attributes (ModelConfig).
+    Raises:
+        ParamsError: no ``arch``, an unknown arch, or a ``harder_negatives`` that is not a bool.
+    """
+    from collections.abc import Mapping
+
+    get = entry.get if isinstance(entry, Mapping) else (lambda k, d=None: getattr(entry, k, d))
+    arch = get("arch")
+    if arch not in ARCH_LABELS:
+        raise ParamsError(f"arch: unknown model {arch!r} (known: {', '.join(sorted(ARCH_LABELS))})")
+    hn = get("harder_negatives", False)
+    if hn is None:
+        hn = False
+    if not isinstance(hn, bool):
+        raise ParamsError(f"harder_negatives: expected true or false, got {hn!r}")
+    return ARCH_LABELS[arch] + (HN_SUFFIX if hn else "")
 
 
 def arch_of(model: Any) -> str:

@@ -182,8 +182,8 @@ def rendered(tmp_path_factory):
 
 def _results(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "OUT", tmp_path / "cache")
-    for k, value in ((("comirec_dr+hn", "num_interests"), 4), (("comirec_sa+hn", "num_interests"), 4),
-                     (("mind+hn", "routing_sigma"), 1.0), (("mind+hn", "attention_pow"), 2.0)):
+    for k, value in ((("comirec_dr_hn", "num_interests"), 4), (("comirec_sa_hn", "num_interests"), 4),
+                     (("mind_hn", "routing_sigma"), 1.0), (("mind_hn", "attention_pow"), 2.0)):
         monkeypatch.setitem(quality.MODEL_DEFAULT, k, value)
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "commands.jsonl").write_text(
@@ -194,17 +194,17 @@ def _results(tmp_path, monkeypatch):
                  fake_run("youtube_dnn", seed, 0.26 + jitter, 0.27, setting="lr3e-3",
                           epochs=10 if seed == 2027 else 7, best_epoch=9 if seed == 2027 else None),
                  fake_run("mind", seed, 0.31 + jitter, 0.30),
-                 fake_run("umi", seed, 0.38 + jitter, 0.37),
+                 fake_run("umi_hn", seed, 0.38 + jitter, 0.37),
                  fake_run("mind", seed, 0.12 + jitter, 0.11, protocol="loo"),
                  fake_run("youtube_dnn", seed, 0.15 + jitter, 0.14, protocol="loo", setting="lr3e-3")]
     # sweeps (seed 2026): ComiRec-DR+HN flat in K, ComiRec-SA+HN not; MIND+HN flat in σ, rising in p
-    runs += [fake_run("comirec_dr+hn", 2026, 0.38, 0.40, setting="lr3e-3"),
-             fake_run("comirec_sa+hn", 2026, 0.36, 0.42, setting="lr3e-3"),
-             fake_run("mind+hn", 2026, 0.38, 0.39, setting="lr3e-3")]
-    runs += sweep_runs("comirec_dr+hn", "num_interests", {2: 0.37, 4: 0.38, 6: 0.385, 8: 0.38})
-    runs += sweep_runs("comirec_sa+hn", "num_interests", {2: 0.30, 4: 0.36, 6: 0.41, 8: 0.40})
-    runs += sweep_runs("mind+hn", "routing_sigma", {0.1: 0.37, 1.0: 0.38, 5.0: 0.39})
-    runs += sweep_runs("mind+hn", "attention_pow", {0.0: 0.20, 1.0: 0.30, 2.0: 0.38, None: 0.45})
+    runs += [fake_run("comirec_dr_hn", 2026, 0.38, 0.40, setting="lr3e-3"),
+             fake_run("comirec_sa_hn", 2026, 0.36, 0.42, setting="lr3e-3"),
+             fake_run("mind_hn", 2026, 0.38, 0.39, setting="lr3e-3")]
+    runs += sweep_runs("comirec_dr_hn", "num_interests", {2: 0.37, 4: 0.38, 6: 0.385, 8: 0.38})
+    runs += sweep_runs("comirec_sa_hn", "num_interests", {2: 0.30, 4: 0.36, 6: 0.41, 8: 0.40})
+    runs += sweep_runs("mind_hn", "routing_sigma", {0.1: 0.37, 1.0: 0.38, 5.0: 0.39})
+    runs += sweep_runs("mind_hn", "attention_pow", {0.0: 0.20, 1.0: 0.30, 2.0: 0.38, None: 0.45})
     res_dir = tmp_path / "results"
     res_dir.mkdir()
     (res_dir / "quality.json").write_text(json.dumps(quality.build_result(runs, 2026, False)))
@@ -242,7 +242,7 @@ def test_report_renders_every_result_file(rendered):
 def test_headline_targets_and_tuning(rendered):
     text = rendered[0]
     # headline: mean ± std over the two seeds, seed count, both intervals, per-seed values, epochs with ‡
-    row = cells(text, "| UMI | 0.3850 ± 0.0071 |")
+    row = cells(text, "| UMI+HN | 0.3850 ± 0.0071 |")
     assert row[2] == "2" and row[3] == "[0.3800, 0.3900]" and row[4] == "[0.3450, 0.4250]"
     assert row[5] == "0.3800, 0.3900"
     row = cells(text, "| YouTube DNN | 0.2650 ± 0.0071 |")
@@ -250,12 +250,13 @@ def test_headline_targets_and_tuning(rendered):
     assert "YouTube DNN sg lr3e-3 seed 2027" in text
     # the papers' figures beside ours, for the same model
     assert cells(text, "| MIND | 0.3150 ± 0.0071 | 0.1575 ± 0.0035 |")[3:] == ["22.415", "7.638 / 8.155"]
-    assert cells(text, "| UMI | 0.3850 ± 0.0071 | 0.1925 ± 0.0035 |")[3:] == ["27.805", "–"]
+    assert cells(text, "| UMI+HN | 0.3850 ± 0.0071 | 0.1925 ± 0.0035 |")[3:] == ["27.805", "–"]
     # targets judged from the mean over seeds, with the number of seeds
     assert cells(text, "| MostPopular | 0.205 ± 0.02 |")[2:] == ["0.2009 ± 0.0000", "2", "met"]
     assert cells(text, "| YouTube DNN | ≥ 0.25 |")[2:] == ["0.2650 ± 0.0071", "2", "met"]
-    assert cells(text, "| ComiRec-DR (→ ComiRec-DR+HN, chosen on valid) |")[2:] == ["0.3800", "1", "met"]
-    assert cells(text, "| ComiRec-SA (→ ComiRec-SA+HN, chosen on valid) |")[-1] == "met"
+    assert cells(text, "| ComiRec-DR (→ ComiRec-DR+HN, the only variant run) |")[2:] == ["0.3800", "1", "met"]
+    assert cells(text, "| ComiRec-SA (→ ComiRec-SA+HN, the only variant run) |")[-1] == "met"
+    assert cells(text, "| MIND (→ MIND+HN, chosen on valid) |")[-1] == "met"  # both run: MIND+HN valid 0.39 > 0.30
     # the best model is chosen on valid (ComiRec-SA+HN 0.42 > UMI 0.37), not on test (UMI 0.385 > 0.36)
     assert cells(text, "| best model (→ ComiRec-SA+HN, chosen on valid) |")[2:] == ["0.3600", "1", "**missed**"]
     assert "Targets missed: best model (→ ComiRec-SA+HN, chosen on valid): 0.3600" in text
@@ -265,7 +266,7 @@ def test_headline_targets_and_tuning(rendered):
     # leave-one-out table beside the headline, with its own seeds
     row = cells(text, "| MIND | 0.3150 ± 0.0071 | 2 | 0.1250 ± 0.0071 |")
     assert row[4] == "2" and row[5] == "[0.1200, 0.1300]" and row[6] == "[0.0850, 0.1650]"
-    assert "Leave-one-out not run (yet) for: MostPopular, MIND+HN, ComiRec-DR+HN, ComiRec-SA+HN, UMI." in text
+    assert "Leave-one-out not run (yet) for: MostPopular, MIND+HN, ComiRec-DR+HN, ComiRec-SA+HN, UMI+HN." in text
     assert "### All metrics, test users, leave_one_out" in text
     # loo flips the MIND / YouTube DNN order of strong generalization (0.125 < 0.155 but 0.315 > 0.265)
     assert "highest test Recall@50 YouTube DNN 0.1550 ± 0.0071" in text
@@ -296,17 +297,17 @@ def test_sweep_tables_and_verdicts(rendered):
     assert cells(text, "| 20 | 8 | 188 |")[4:7] == ["4.00", "8.00", "50%"]
     # UMI Table 2 orderings from the seeds: MIND (0.315) is above YouTube DNN (0.265) beyond noise
     assert cells(text, "| UMI Table 2 | MIND < YouTube DNN |")[3] == "does not hold"
-    assert cells(text, "| UMI Table 2 | UMI best (YouTube DNN < UMI) |")[3] == "holds"
+    assert cells(text, "| UMI Table 2 | UMI+HN best (YouTube DNN < UMI+HN) |")[3] == "holds"
     assert cells(text, "| ComiRec Table 5 |")[3] == "holds"
 
 
 def test_verdicts_flip_with_the_numbers(results, tmp_path):
     data = json.loads((results / "quality.json").read_text())
-    sigma = data["sweeps"]["sigma"]["variants"]["mind+hn"]
+    sigma = data["sweeps"]["sigma"]["variants"]["mind_hn"]
     sigma[0]["test.recall@50"] = 0.20                                         # σ = 0.1 far below: not robust
-    k_dr = data["sweeps"]["K"]["variants"]["comirec_dr+hn"]
+    k_dr = data["sweeps"]["K"]["variants"]["comirec_dr_hn"]
     k_dr[0]["test.recall@50"] = 0.30                                          # K = 2 far below: sensitive
-    p = data["sweeps"]["p"]["variants"]["mind+hn"]
+    p = data["sweeps"]["p"]["variants"]["mind_hn"]
     p[0]["test.recall@50"] = 0.29                                             # p = 0 within h of p = 1
     for pt in (sigma[0], k_dr[0], p[0]):                                      # its user interval moves with it
         pt["test.recall@50_ci"] = [pt["test.recall@50"] - 0.04, pt["test.recall@50"] + 0.04]

@@ -374,9 +374,9 @@ def test_report_table_side_by_side(tmp_path):
     E.report(E.discover(tmp_path / "eval", ["most_popular", "mind"]), out)
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| model | users | Recall@20 | NDCG@20 | HR@20 | Recall@50")
-    assert rows[1].startswith("| most_popular | 95 | 5.00 [4.0, 6.0]")
-    assert rows[2].startswith("| mind | 95 | **12.00** [11.0, 13.0]")
+    assert rows[0].startswith("| model | variant | users | Recall@20 | NDCG@20 | HR@20 | Recall@50")
+    assert rows[1].startswith("| most_popular | `most_popular` | 95 | 5.00 [4.0, 6.0]")  # no label: the name
+    assert rows[2].startswith("| mind | `mind` | 95 | **12.00** [11.0, 13.0]")
     assert "95% bootstrap" in text
 
 
