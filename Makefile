@@ -89,4 +89,5 @@ image:
 
 # MIR_IMAGE_TEST=require turns the test's skip (no engine) into a failure; BUILD_IMAGE=0 takes IMAGE as it is.
 image-test: setup $(if $(filter 0,$(BUILD_IMAGE)),,image)
+	@test -n "$(ENGINE)" || { echo "make image-test: no container engine (a running docker daemon or podman) found" >&2; exit 1; }
 	MIR_IMAGE=$(IMAGE) MIR_IMAGE_TEST=require MIR_CONTAINER_ENGINE=$(ENGINE) nice -n 10 $(PY) -m pytest -q -rs tests/infra/test_image.py
