@@ -80,13 +80,17 @@ def serving_http_section(data: dict[str, Any]) -> list[str]:
         out += ["", f"### Before and after (the service as of `{ref}`, same bundle, client and flags, measured "
                     "right before each config of this tree)", ""]
         rows = []
-        for name, run in runs.items():
-            old = before["runs"].get(name, {}).get("levels", {})
+        pairs = [(name, name, run) for name, run in runs.items()]
+        old_default = before.get("default_config")
+        if old_default in before["runs"] and default in runs and old_default != default:
+            pairs.insert(0, (f"default: {old_default} before, {default} after", old_default, runs[default]))
+        for label, old_name, run in pairs:
+            old = before["runs"].get(old_name, {}).get("levels", {})
             for c, r in run.get("levels", {}).items():
                 o = old.get(c)
                 if not o:
                     continue
-                rows.append([name, int(c), o.get("requests_per_s"), r.get("requests_per_s"), o.get("p99_ms"),
+                rows.append([label, int(c), o.get("requests_per_s"), r.get("requests_per_s"), o.get("p99_ms"),
                              r.get("p99_ms"), o.get("server_cpu_ms_per_request"), r.get("server_cpu_ms_per_request"),
                              (o.get("cpu_ms_per_request") or {}).get("event_loop"),
                              (r.get("cpu_ms_per_request") or {}).get("event_loop"),

@@ -12,9 +12,15 @@ warm-up), p50/p99 latency as the client sees it, and the CPU the server process 
 wall seconds, from psutil; and CPU ms per request, which a busy shared machine inflates far less than
 latency) and the client's own. Configurations compared (the batcher's choices):
 ``batch`` (the service's default: 2 threads per bundle, each answering the requests queued while it was busy,
-up to 32, with one ``recommend_batch``), the same with 1 thread (and with 1 thread of 2 torch threads),
+up to 32, waiting up to 1 ms for more under load, with one ``recommend_batch``), ``batch_nowait`` (the same
+without the wait: the default before), the same with 1 thread (and with 1 thread of 2 torch threads),
 ``loop`` (1 thread, requests taken together but answered by ``recommend`` one by one) and ``none``
-(max_batch = 1: one thread hop per request).
+(max_batch = 1: one thread hop per request). ``--before REF`` also runs the service as of commit REF (its
+default flags, ``batch_nowait``) against the same bundle and client, right before the same config here.
+
+The machine is shared: other sessions' jobs (niced, in other PID namespaces, invisible to ps) take up to
+1.5 of the 2 cores at times; each level records the CPU every other process used meanwhile
+(``others_cpu_cores``, from /proc/stat) so a slow level can be told from a slow service.
 Targets on the 2-core box: p99 <= 25 ms at concurrency 8, >= 500 requests/s at the best level.
 
     .venv/bin/python benchmarks/serving_http.py                          # 100k items, 2000 requests per level
@@ -144,7 +150,7 @@ def _scrape(url: str) -> dict[str, float]:
     import httpx
 
     want = ("mir_worker_cpu_seconds_total", "mir_queue_wait_seconds_sum", "mir_queue_wait_seconds_count",
-            "mir_batch_size_sum", "mir_batch_size_count")
+            "mir_batch_size_sum", "mir_batch_size_count", "mir_gc_pause_seconds_sum", "mir_gc_pause_seconds_count")
     out: dict[str, float] = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
@@ -224,17 +230,24 @@ def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: i
                                               "client": 1e3 * (me1 - me0) / n},
                        "queue_wait_ms_mean": nan_none(1e3 * (m1["mir_queue_wait_seconds_sum"]
                                                              - m0["mir_queue_wait_seconds_sum"]) / max(waits, 1)),
-                       "batch_size_mean": (m1["mir_batch_size_sum"] - m0["mir_batch_size_sum"]) / max(batches, 1)}
+                       "batch_size_mean": (m1["mir_batch_size_sum"] - m0["mir_batch_size_sum"]) / max(batches, 1),
+                       "gc_pause_ms_total": nan_none(1e3 * (m1["mir_gc_pause_seconds_sum"]
+                                                            - m0["mir_gc_pause_seconds_sum"])),
+                       "gc_collections": nan_none(m1["mir_gc_pause_seconds_count"] - m0["mir_gc_pause_seconds_count"])}
     return out
 
 
 CONFIGS = {  # name -> serve CLI flags (after --threads, so a config may override it)
-    "batch": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2"],
-    "batch_1worker": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1"],
-    "batch_1worker_2threads": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1", "--threads", "2"],
-    "loop": ["--batch-mode", "loop", "--max-batch", "32", "--workers", "1"],
-    "none": ["--batch-mode", "loop", "--max-batch", "1", "--workers", "1"],
+    "batch": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "1"],  # default
+    "batch_nowait": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "0"],
+    "batch_1worker": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1", "--max-wait-ms", "1"],
+    "batch_1worker_2threads": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1", "--max-wait-ms", "1",
+                               "--threads", "2"],
+    "loop": ["--batch-mode", "loop", "--max-batch", "32", "--workers", "1", "--max-wait-ms", "0"],
+    "none": ["--batch-mode", "loop", "--max-batch", "1", "--workers", "1", "--max-wait-ms", "0"],
 }
+#: the default flags of the service before the 1 ms batching wait (what --before measures by default)
+BEFORE_CONFIGS = ["batch_nowait"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -257,8 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--custom", metavar="FLAGS", help="also run a config 'custom' with these serve flags")
     parser.add_argument("--reuse-bundle", action="store_true", help="keep a bundle already built under --out")
     parser.add_argument("--before", metavar="GIT_REF",
-                        help="also measure the service as of this commit (same bundle, client and configs), "
-                             "each config right before the current one; recorded under 'before'")
+                        help="also measure the service as of this commit (same bundle and client), for the configs "
+                             "of --before-configs, each right before the same config of this tree; recorded under "
+                             "'before'")
+    parser.add_argument("--before-configs", nargs="+", choices=sorted(CONFIGS), default=BEFORE_CONFIGS)
     args = parser.parse_args(argv)
     configs = {name: CONFIGS[name] for name in args.configs}
     if args.custom:
@@ -277,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs, before = {}, {}
     for name, flags in configs.items():
         for root, into in ((old_root, before), (REPO, runs)):
-            if root is None:
+            if root is None or (into is before and name not in args.before_configs):
                 continue
             proc, url = start_server(bundle, ["--threads", str(args.threads)] + flags, root)
             try:
@@ -307,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_p99_met": p99_8 is not None and p99_8 <= TARGET_P99_MS_AT_8,
         "target_rps_met": best[2] >= TARGET_RPS,
         "export_s": export_s,
-        **({"before": {"ref": args.before, "commit": subprocess.run(
+        **({"before": {"ref": args.before, "default_config": "batch_nowait", "commit": subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", args.before], capture_output=True,
             text=True).stdout.strip(), "runs": before}} if args.before else {}),
         "command": "python benchmarks/serving_http.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({r['server_cpu_ms_per_request']:.2f} ms/request: " + ", ".join(
                       f"{k} {v:.2f}" for k, v in r["cpu_ms_per_request"].items() if v is not None) +
                   f"), batch {r['batch_size_mean']:.1f}, queue {r['queue_wait_ms_mean'] or math.nan:.2f} ms, "
-                  f"others {r['others_cpu_cores']:.2f} cores")
+                  f"others {r['others_cpu_cores']:.2f} cores, GC {r['gc_pause_ms_total'] or math.nan:.1f} ms")
     print(f"  best: {best[0]} at c={best[1]}: {best[2]:.1f} req/s; load avg {result['machine']['load_avg_1m_after']} "
           f"-> {args.results}")
     return result

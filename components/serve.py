@@ -30,11 +30,15 @@ unknown model 404, not ready 503. A bad request fails alone, never its batch, an
 
 Batching: each loaded bundle has a small thread pool (``workers``, default 2: one batch per core of the
 2-core box) fed by an asyncio queue; whenever a thread is free the batcher takes every request queued
-meanwhile (up to ``max_batch``, optionally waiting ``max_wait_ms`` for more) and answers them in one thread hop — ``recommend_batch`` per (n, λ) group
-(``batch_mode="batch"``, the default) or ``recommend`` per request (``"loop"``). Either way the lists equal
-``components.evaluate``'s. Batching pays on the 100k-item bundle (K = 4, D = 64, one thread, thread-CPU per
-user): 5.6 ms one by one, 2.0 ms in batches of 8, 1.9 ms in batches of 32 — one pass over the 25.6 MB item
-table serves the whole batch; HTTP figures in benchmarks/serving_http.py.
+meanwhile (up to ``max_batch``) and, under load (the previous batch or the queue held more than one user),
+waits up to ``max_wait_ms`` (default 1) for more; then it answers them in one thread hop — ``recommend_batch``
+per (n, λ) group (``batch_mode="batch"``, the default) or ``recommend`` per request (``"loop"``). Either way
+the lists equal ``components.evaluate``'s. Batching pays on the 100k-item bundle (K = 4, D = 64, one thread,
+thread-CPU per user): 5 ms one by one, 2.3 ms in batches of 4, 1.85 ms in batches of 8, 1.4 ms in batches
+of 16 — one pass over the 25.6 MB item table serves the whole batch. The 1 ms wait is what lets the 8 users
+of concurrency 8 meet in one batch (mean batch 3-4 without it, ~8 with it: server CPU per request 2.9 -> 2.2
+ms; HTTP figures in benchmarks/serving_http.py). ``split_min`` (off by default) splits a big batch over
+the free threads instead; measured, it cost more CPU per user than it saved in latency.
 
 What to serve is a pluggable *resolver*: a function returning a :class:`Resolution` (arm → bundle folder,
 optional :class:`~components.serving.ABSpec`): :func:`fixed_bundle`, :func:`registry_prod` (the registry's
@@ -53,6 +57,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as _dt
+import gc
 import importlib
 import json
 import logging
@@ -199,6 +204,9 @@ class Metrics:
         self.worker_cpu = Counter("mir_worker_cpu_seconds", "CPU time of the worker threads answering batches "
                                   "(encoding, user tower, retrieval, lists; torch/ONNX intra-op threads beyond "
                                   "the calling one not included)", ["arm"], registry=r)
+        self.gc_pause = Histogram("mir_gc_pause_seconds", "Pauses of Python's cyclic garbage collector (every "
+                                  "thread stops meanwhile)", ["generation"],
+                                  buckets=(.0001, .0005, .001, .005, .01, .05, .1, .25, .5), registry=r)
         self.reloads = Counter("mir_reloads", "Changes of the served bundles", ["outcome"], registry=r)
         self.ready = Gauge("mir_ready", "1 once every arm is loaded and warmed up", registry=r)
         self.bundle = Gauge("mir_bundle_info", "The bundle each arm serves (value 1)", ["arm", "bundle"],
@@ -224,12 +232,13 @@ class Worker:
     """One loaded bundle: a Recommender, its threads, and the batcher that feeds them."""
 
     def __init__(self, arm: str, bundle_dir: Path, rec: Recommender, metrics: Metrics, *, max_batch: int,
-                 max_wait_ms: float, batch_mode: str, threads: int = 1):
+                 max_wait_ms: float, batch_mode: str, threads: int = 1, split_min: int = 0):
         self.arm, self.bundle_dir, self.rec, self.metrics = arm, Path(bundle_dir), rec, metrics
         self.bundle = self.bundle_dir.name
         self.max_batch, self.max_wait = max(1, int(max_batch)), max(0.0, max_wait_ms) / 1e3
         self.batch_mode = batch_mode
         self.threads = max(1, int(threads))  # batches answered at once (Recommender is thread-safe)
+        self.split_min = max(0, int(split_min))  # > 0: a batch of >= 2 * split_min users is split over free threads
         self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"rec-{arm}")
         self._stats_lock = threading.Lock()
         self.queue: asyncio.Queue | None = None
@@ -261,12 +270,16 @@ class Worker:
         slots = asyncio.Semaphore(self.threads)
         running: set[asyncio.Task] = set()
         stop = False
+        last = 1  # users in the previous batch
         while not stop:
             await slots.acquire()  # a batch forms when a thread is free to answer it
             first = await self.queue.get()
             jobs = [] if first is None else [first]
             stop = first is None
-            deadline = loop.time() + self.max_wait
+            # wait for more only under load (the previous batch, or the queue, held more than one user): a lone
+            # user at concurrency 1 does not pay max_wait
+            wait = self.max_wait if (last > 1 or self.queue.qsize() > 0) else 0.0
+            deadline = loop.time() + wait
             while not stop and len(jobs) < self.max_batch:
                 try:
                     job = self.queue.get_nowait()
@@ -288,12 +301,20 @@ class Worker:
                     if job is not None:
                         jobs.append(job)
             if jobs:
-                now, wait = loop.time(), self.metrics.queue_wait.labels(self.arm)
+                last = len(jobs)
+                now, waited = loop.time(), self.metrics.queue_wait.labels(self.arm)
                 for job in jobs:
-                    wait.observe(now - job.queued)
-                task = loop.create_task(self._dispatch(jobs, slots))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                    waited.observe(now - job.queued)
+                parts = 1  # split a big batch over the threads that are free right now (acquire returns at once)
+                while (self.split_min and parts < self.threads and len(jobs) >= (parts + 1) * self.split_min
+                       and not slots.locked()):
+                    await slots.acquire()
+                    parts += 1
+                for k in range(parts):
+                    chunk = jobs[k * len(jobs) // parts:(k + 1) * len(jobs) // parts]
+                    task = loop.create_task(self._dispatch(chunk, slots))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
             else:
                 slots.release()
         if running:
@@ -373,17 +394,23 @@ class Service:
         max_batch, max_wait_ms, batch_mode: the batcher (see the module docstring).
         num_threads: torch intra-op threads (None: leave as is).
         workers: threads per bundle answering batches at once (Recommender is thread-safe).
+        freeze_gc: after each (re)load, collect once and ``gc.freeze()`` what is alive. Python's full
+            collection walks every tracked object — ~230k once torch, FastAPI and a bundle are imported,
+            163 ms measured on the 2-core box, all threads stopped — and one now and then lands in the latency
+            tail; frozen objects are skipped, so later collections see only what requests allocate. The cost
+            moves to the reload (one full collection, before the first one: before ready). Pauses are
+            exported as ``mir_gc_pause_seconds``.
     """
 
     def __init__(self, resolver: Resolver, *, model_name: str = DEFAULT_MODEL_NAME,
                  exposure_log: str | Path | None = None, poll_s: float = 2.0, max_batch: int = 32,
-                 max_wait_ms: float = 0.0, batch_mode: str = "batch", num_threads: int | None = 1,
-                 workers: int = 2):
+                 max_wait_ms: float = 1.0, batch_mode: str = "batch", num_threads: int | None = 1,
+                 workers: int = 2, freeze_gc: bool = True, split_min: int = 0):
         if batch_mode not in ("batch", "loop"):
             raise ValueError(f"batch_mode must be 'batch' or 'loop', got {batch_mode!r}")
         self.resolver, self.model_name, self.poll_s = resolver, model_name, poll_s
         self.max_batch, self.max_wait_ms, self.batch_mode = max_batch, max_wait_ms, batch_mode
-        self.num_threads, self.workers = num_threads, workers
+        self.num_threads, self.workers, self.split_min = num_threads, workers, split_min
         self.metrics = Metrics()
         self.served: Served | None = None
         self.last_error: str | None = None
@@ -391,6 +418,8 @@ class Service:
         self._exposure = None
         self._reload_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
+        self.freeze_gc = freeze_gc
+        self._gc_t0 = 0.0
 
     @property
     def ready(self) -> bool:
@@ -406,6 +435,7 @@ class Service:
             self.exposure_path.parent.mkdir(parents=True, exist_ok=True)
             self._exposure = open(self.exposure_path, "a", encoding="utf-8")
         self._reload_lock = asyncio.Lock()
+        gc.callbacks.append(self._on_gc)
         self._tasks.append(asyncio.get_running_loop().create_task(self._poll(), name="reload-poller"))
 
     async def stop(self) -> None:
@@ -422,6 +452,16 @@ class Service:
                     await asyncio.wait_for(w.task, 10)
         if self._exposure is not None:
             self._exposure.close()
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
+        if self.freeze_gc:
+            gc.unfreeze()
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.metrics.gc_pause.labels(str(info.get("generation"))).observe(time.perf_counter() - self._gc_t0)
 
     async def _poll(self) -> None:
         while True:
@@ -451,7 +491,8 @@ class Service:
                         continue
                     rec = await asyncio.to_thread(self._load, Path(path))
                     w = Worker(arm, Path(path), rec, self.metrics, max_batch=self.max_batch,
-                               max_wait_ms=self.max_wait_ms, batch_mode=self.batch_mode, threads=self.workers)
+                               max_wait_ms=self.max_wait_ms, batch_mode=self.batch_mode, threads=self.workers,
+                               split_min=self.split_min)
                     w.start()
                     workers[arm] = w
             except Exception as exc:  # noqa: BLE001 - keep serving what we have; report and retry
@@ -470,6 +511,10 @@ class Service:
                 for w in old.workers.values():
                     if w not in workers.values():
                         w.close()  # drains what is queued on it, then its thread ends
+            if self.freeze_gc:  # see the class docstring; unfreeze first so a replaced bundle can be collected
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
             log.warning("serve: serving %s", {a: w.bundle for a, w in workers.items()})
             return True
 
@@ -828,10 +873,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure-log", type=Path, help="append one JSON line per served user")
     p.add_argument("--poll-s", type=float, default=2.0, help="seconds between checks for a new model (0: never)")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=0.0)
+    p.add_argument("--max-wait-ms", type=float, default=1.0,
+                   help="under load, wait this long for more users before answering a batch (0: never)")
     p.add_argument("--batch-mode", choices=("loop", "batch"), default="batch")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=2, help="threads per bundle answering batches at once")
+    p.add_argument("--split-min", type=int, default=0,
+                   help="split a batch of at least 2x this many users over the free worker threads (0: never)")
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help="the GIL switch interval (sys.setswitchinterval; Python's default 5 ms)")
+    p.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
+                   help="do not gc.freeze() after loading (see Service)")
     return p
 
 
@@ -855,9 +907,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             raise DataError("nothing to serve: give --bundle, --ab, --registry, --pointer or --resolver")
         resolver()  # fail now, with exit 2, on a missing bundle / bad ab.json
+        if args.switch_interval_ms is not None:
+            if not args.switch_interval_ms > 0:
+                raise DataError(f"--switch-interval-ms must be > 0, got {args.switch_interval_ms}")
+            sys.setswitchinterval(args.switch_interval_ms / 1e3)
         service = Service(resolver, model_name=args.model_name, exposure_log=args.exposure_log,
                           poll_s=args.poll_s, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                          batch_mode=args.batch_mode, num_threads=args.threads, workers=args.workers)
+                          batch_mode=args.batch_mode, num_threads=args.threads, workers=args.workers,
+                          freeze_gc=args.freeze_gc, split_min=args.split_min)
         import uvicorn
 
         try:

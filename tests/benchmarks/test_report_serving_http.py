@@ -42,6 +42,9 @@ def test_section_renders_targets_levels_split_and_before_after():
     assert "`abc1234`" in text
     assert "| batch | 8 | 300.0 | 520.5 | 44.00 | 24.50 | 3.60 | 3.10 | – | 0.50 | 1.25 | 0.50 |" in text
     assert "| batch | 1 | 300.0" not in text
+    # the earlier default against today's, when they differ
+    two = {**DATA, "before": {**DATA["before"], "default_config": "old", "runs": {"old": DATA["before"]["runs"]["batch"]}}}
+    assert "| default: old before, batch after | 8 | 300.0 | 520.5 |" in "\n".join(section.serving_http_section(two))
     # an old file without the split: client CPU derived from client cores / throughput (0.05 / 300 s = 0.17 ms)
     assert "| batch | 8 | 300.0 | 22.00 | 44.00 | 22.00 | 0.90 | 3.60 | – | – | – | 0.17 | – | – | 1.25 |" in text
 

@@ -8,6 +8,7 @@ served requests; a model promoted while requests flow is picked up with no reque
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -73,13 +74,15 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
-@pytest.mark.parametrize("batch_mode", ["loop", "batch"])
-def test_lists_equal_evaluate_over_http(bundles, batch_mode):
+@pytest.mark.parametrize("batch_mode,split_min", [("loop", 0), ("batch", 0), ("batch", 2)])
+def test_lists_equal_evaluate_over_http(bundles, batch_mode, split_min):
     users = bundles["users"]
     want, want_div = _expected(bundles, "a"), _expected(bundles, "a_div")
-    with _served(Service(fixed_bundle(bundles["a"]), batch_mode=batch_mode, poll_s=0)) as url:
+    with _served(Service(fixed_bundle(bundles["a"]), batch_mode=batch_mode, poll_s=0, split_min=split_min,
+                         max_wait_ms=5.0)) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             _wait_ready(client)
+            assert gc.get_freeze_count() > 0  # loaded objects are out of the cyclic collector's way
             for uid, hist, prof in users:  # one at a time: the JSON endpoint, λ = 0 and 0.3
                 r = client.post("/recommend", json={"history": hist, "profile": prof, "n": 20})
                 assert r.status_code == 200, r.text
@@ -114,6 +117,8 @@ def test_lists_equal_evaluate_over_http(bundles, batch_mode):
         assert _metric(text, "mir_requests_total", endpoint="recommend", status="200") == 5 * len(users)
         assert _metric(text, "mir_batch_size_count") < 5 * len(users) + len(users)  # some batches > 1
         assert _metric(text, "mir_batch_size_sum") == 6 * len(users)  # every user went through the batcher
+        assert _metric(text, "mir_queue_wait_seconds_count") == 6 * len(users)
+        assert _metric(text, "mir_worker_cpu_seconds_total") > 0
 
 
 BAD = [  # (body, status, words the message must contain)
