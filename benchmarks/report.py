@@ -327,7 +327,7 @@ def _mean_half(proto: dict, variants: list[str]) -> float:
     return sum(hs) / len(hs) if hs else math.nan
 
 
-def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) -> list[str]:
+def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None, paired: bool = False) -> list[str]:
     """The quality section: headline, leave-one-out, targets, all metrics, tuning, sweeps, dynamic K,
     the papers' findings with verdicts, λ trade-off, discussion, and the run table. Any piece may be missing."""
     res = _ordered(data.get("results", {}))
@@ -642,6 +642,12 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
     for v in ("mind", "comirec_dr", "comirec_sa"):
         claims.append(("ComiRec Table 3", f"{lab(v)} beats YouTube DNN", t3_fig("youtube_dnn", v),
                        verdict(g("youtube_dnn"), g(v))))
+    if paired:  # issue 13: model orderings are judged by the paired tests of the k-fold section only
+        out.append("Model orderings (UMI Table 2, ComiRec Table 3) are judged by paired tests on every user in "
+                   "[quality_kfold](#quality-kfold), not here (94 test users, means compared without pairing). "
+                   "The one-factor findings below have one run per point and no per-user values: their rule is "
+                   "the half-width rule of this section.\n")
+        claims = []
     for paper, claim, fig_, (vd, ev) in claims:
         rows.append([paper, claim, fig_, vd, ev])
 
@@ -797,7 +803,7 @@ def quality_section(data: dict, img: Path, rel: str, speed: dict | None = None) 
                          f"half-width of Recall@50: leave-one-out {_mean_half(loo, both):.4f}, strong generalization "
                          f"{_mean_half(sg, both):.4f}.")
         ref = loo.get("youtube_dnn", {}).get("recall@50")
-        if ref:
+        if ref and not paired:
             by: dict[str, list[str]] = {}
             for v in [v for v in both if v in multi]:
                 by.setdefault(verdict(ref, loo[v]["recall@50"])[0], []).append(lab(v))
@@ -1075,7 +1081,8 @@ def _render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
                     speed = json.loads((Path(results_dir) / "speed.json").read_text())
                 except json.JSONDecodeError:
                     speed = {}
-            body = quality_section(data, img_dir, rel, speed if isinstance(speed, dict) else {})
+            body = quality_section(data, img_dir, rel, speed if isinstance(speed, dict) else {},
+                                   paired=(Path(results_dir) / "quality_kfold.json").exists())
             choices = script_block(p.stem, "Choices the issue leaves open", "Resumable:")
             if choices:
                 body += ["", "### Choices and budget (from benchmarks/quality.py)", "", choices]

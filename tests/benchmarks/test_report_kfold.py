@@ -71,3 +71,17 @@ def test_partial_folds_are_flagged(result, tmp_path):
     partial["meta"]["k"] = 10
     text = "\n".join(rk.kfold_section(partial, tmp_path, "img", report.save, report._plt))
     assert "**Only 2 of 10 folds finished" in text
+
+
+def test_single_split_section_leaves_orderings_to_the_paired_tests(tmp_path):
+    """With a k-fold result present, the single-split findings table has no model-ordering verdicts."""
+    data = json.loads((report.REPO / "benchmarks" / "results" / "quality.json").read_text())
+    report._PLOTS["on"] = False
+    try:
+        plain = "\n".join(report.quality_section(data, tmp_path, "img"))
+        paired = "\n".join(report.quality_section(data, tmp_path, "img", paired=True))
+    finally:
+        report._PLOTS["on"] = True
+    assert "| UMI Table 2 | MIND < YouTube DNN |" in plain and "| ComiRec Table 3 |" in plain
+    assert "| UMI Table 2 |" not in paired and "| ComiRec Table 3 |" not in paired
+    assert "[quality_kfold](#quality-kfold)" in paired and "| ComiRec Table 4 |" in paired
