@@ -606,6 +606,7 @@ def build_kfold_result(runs: list[dict], variants: Sequence[str], k: int, tune_s
                               "on the 8:1:1 split's valid users) chose for every trainable variant; not re-tuned on "
                               "fold 0 (its valid Recall@50 is reported per model); plain UMI was never tuned and "
                               "uses the same setting",
+                 "variants": list(variants),  # display order (the file's keys are written sorted)
                  "labels": {v: LABELS.get(v, v) for v in variants}, "metric": "recall@50",
                  "bootstrap": {"samples": samples, "confidence": confidence, "over": "users", "seed": 0},
                  "alpha": ks.ALPHA,
@@ -663,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
         OUT = OUT / "quick"
         seeds, protocols, grid, max_epochs = [tune_seed], ["sg"], ["default"], 2
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.stage != "aggregate":  # every invocation that runs something, for the report's "produced by"
+    if args.stage not in ("aggregate", "kfold-aggregate"):  # every invocation that runs something, for the report's "produced by"
         with open(OUT / ("commands_kfold.jsonl" if args.stage.startswith("kfold") else "commands.jsonl"), "a") as fh:
             fh.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "command": "python benchmarks/quality.py " + " ".join(

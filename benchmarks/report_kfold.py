@@ -45,10 +45,17 @@ def significant(pair: dict, alpha: float) -> bool:
     return (pair["ci_low"] > 0 or pair["ci_high"] < 0) and pair["wilcoxon_p"] < alpha
 
 
+def ordered_models(data: dict) -> dict[str, dict]:
+    """``models`` in ``meta.variants`` order (the JSON file's keys are sorted), any others after."""
+    models = data.get("models", {})
+    order = [v for v in data.get("meta", {}).get("variants", []) if v in models]
+    return {v: models[v] for v in order + [v for v in models if v not in order]}
+
+
 def diff_matrix(data: dict) -> tuple[list[str], list[list[dict | None]]]:
-    """Variants in the file's order and M[i][j] = the test of "row i vs column j" as Δ = mean(row − col)
+    """Variants in display order and M[i][j] = the test of "row i vs column j" as Δ = mean(row − col)
     (the stored pair, flipped when it was stored the other way round); None on the diagonal."""
-    variants = list(data.get("models", {}))
+    variants = list(ordered_models(data))
     pos = {v: i for i, v in enumerate(variants)}
     mat: list[list[dict | None]] = [[None] * len(variants) for _ in variants]
     for p in data.get("pairwise", []):
@@ -116,7 +123,7 @@ def headline(data: dict) -> str:
 
 def kfold_section(data: dict, img, rel: str, save: Callable, plt_fn: Callable) -> list[str]:
     meta = data.get("meta", {})
-    models = data.get("models", {})
+    models = ordered_models(data)
     alpha = meta.get("alpha", 0.05)
     out = [headline(data), ""]
     k = meta.get("k")

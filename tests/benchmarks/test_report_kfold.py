@@ -85,3 +85,10 @@ def test_single_split_section_leaves_orderings_to_the_paired_tests(tmp_path):
     assert "| UMI Table 2 | MIND < YouTube DNN |" in plain and "| ComiRec Table 3 |" in plain
     assert "| UMI Table 2 |" not in paired and "| ComiRec Table 3 |" not in paired
     assert "[quality_kfold](#quality-kfold)" in paired and "| ComiRec Table 4 |" in paired
+
+
+def test_display_order_survives_sorted_json(result):
+    """write_json sorts keys: the section follows meta.variants, not the file's key order."""
+    again = json.loads(json.dumps(result, sort_keys=True))
+    assert list(again["models"]) == ["mind", "most_popular", "youtube_dnn"]
+    assert rk.diff_matrix(again)[0] == ["most_popular", "youtube_dnn", "mind"]
