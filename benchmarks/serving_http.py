@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,7 +92,9 @@ def source_at(ref: str, dest: Path) -> Path:
 def start_server(bundle: Path, extra: list[str], root: Path = REPO) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "components.serve", "--bundle", str(bundle), "--port", "0",
                              "--poll-s", "0", *extra], cwd=root, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(root)})
+                            # OMP_WAIT_POLICY as the Makefile and the image set it (idle OpenMP threads sleep
+                            # instead of spinning on the 2 shared cores)
+                            env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": str(root)})
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
@@ -237,6 +240,38 @@ def measure(url: str, pid: int, bodies: list[dict], levels: list[int], warmup: i
     return out
 
 
+#: event-loop profile categories: (label, substrings of a cProfile entry "file:line(function)")
+PROFILE_CATEGORIES = [
+    ("HTTP/1.1 (uvicorn, h11)", ("uvicorn/", "/h11/")),
+    ("framework (FastAPI, Starlette routing and middleware)", ("fastapi/", "starlette/", "anyio/")),
+    ("validation (pydantic-core)", ("pydantic",)),
+    ("JSON (orjson)", ("orjson",)),
+    ("socket send/recv", ("of '_socket.socket' objects",)),
+    ("asyncio (event loop, futures, tasks)", ("asyncio/", "selectors.py", "epoll", "contextvars", "_asyncio")),
+    ("thread hand-off (executor, queue)", ("concurrent/futures", "threading.py", "_queue", "_thread")),
+    ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("service code (components/serve.py)", ("components/serve.py",)),
+    ("GC", ("gc_", "gc.collect")),
+]
+
+
+def profile_split(path: Path, requests: int) -> dict:
+    """The event loop thread's CPU (cProfile with a thread-CPU clock; own time per function, grouped by
+    library) in ms per request; "other" holds what no category names (builtins such as isinstance)."""
+    import pstats
+
+    stats = pstats.Stats(str(path)).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
+    out = {label: 0.0 for label, _ in PROFILE_CATEGORIES}
+    out["other"] = 0.0
+    for (file, line, func), (_, _, tottime, _, _) in stats.items():
+        key = f"{file}:{line}({func})"
+        label = next((lab for lab, subs in PROFILE_CATEGORIES if any(s in key for s in subs)), "other")
+        out[label] += tottime
+    total = sum(out.values())
+    return {"requests": requests, "total_ms_per_request": 1e3 * total / requests,
+            "ms_per_request": {k: 1e3 * v / requests for k, v in out.items()}}
+
+
 CONFIGS = {  # name -> serve CLI flags (after --threads, so a config may override it)
     "batch": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "1"],  # default
     "batch_nowait": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "0"],
@@ -273,6 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also measure the service as of this commit (same bundle and client), for the configs "
                              "of --before-configs, each right before the same config of this tree; recorded under "
                              "'before'")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run the default config once more at concurrency 8 with the event loop under "
+                             "cProfile (thread CPU clock) and record its split by library (profile overhead "
+                             "inflates Python-heavy parts: read it as shares)")
     parser.add_argument("--before-configs", nargs="+", choices=sorted(CONFIGS), default=BEFORE_CONFIGS)
     args = parser.parse_args(argv)
     configs = {name: CONFIGS[name] for name in args.configs}
@@ -301,6 +340,18 @@ def main(argv: list[str] | None = None) -> dict:
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
+    profile = None
+    if args.profile:
+        prof_path = args.out / "event_loop.prof"
+        flags = configs.get("batch", CONFIGS["batch"])
+        proc, url = start_server(bundle, ["--threads", str(args.threads), *flags, "--profile", str(prof_path)])
+        try:
+            measure(url, proc.pid, bodies, [8], args.warmup, args.client_nice)
+        finally:
+            proc.send_signal(signal.SIGINT)  # uvicorn re-raises it after shutdown: the stats are written first
+            proc.wait(timeout=60)
+        # requests the profiler saw: warm-up, the level, and the 4 /metrics scrapes (counted as requests)
+        profile = {"config": "batch", "concurrency": 8, **profile_split(prof_path, len(bodies) + 4)}
     best = max(((n, c, r["requests_per_s"]) for n, run in runs.items() for c, r in run["levels"].items()),
                key=lambda x: x[2])
     default = runs.get("batch") or next(iter(runs.values()))
@@ -322,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_p99_met": p99_8 is not None and p99_8 <= TARGET_P99_MS_AT_8,
         "target_rps_met": best[2] >= TARGET_RPS,
         "export_s": export_s,
+        **({"event_loop_profile": profile} if profile else {}),
         **({"before": {"ref": args.before, "default_config": "batch_nowait", "commit": subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", args.before], capture_output=True,
             text=True).stdout.strip(), "runs": before}} if args.before else {}),
@@ -341,6 +393,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{k} {v:.2f}" for k, v in r["cpu_ms_per_request"].items() if v is not None) +
                   f"), batch {r['batch_size_mean']:.1f}, queue {r['queue_wait_ms_mean'] or math.nan:.2f} ms, "
                   f"others {r['others_cpu_cores']:.2f} cores, GC {r['gc_pause_ms_total'] or math.nan:.1f} ms")
+    if profile:
+        print(f"  event loop under cProfile, {profile['total_ms_per_request']:.2f} ms/request: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(profile["ms_per_request"].items(), key=lambda kv: -kv[1])))
     print(f"  best: {best[0]} at c={best[1]}: {best[2]:.1f} req/s; load avg {result['machine']['load_avg_1m_after']} "
           f"-> {args.results}")
     return result

@@ -420,6 +420,7 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self.freeze_gc = freeze_gc
         self._gc_t0 = 0.0
+        self.profiler = None  # a cProfile.Profile: enabled on the event loop thread once first ready (--profile)
 
     @property
     def ready(self) -> bool:
@@ -515,6 +516,8 @@ class Service:
                 gc.unfreeze()
                 gc.collect()
                 gc.freeze()
+            if self.profiler is not None and old is None:
+                self.profiler.enable()  # this is the event loop's thread; start-up and loading stay out
             log.warning("serve: serving %s", {a: w.bundle for a, w in workers.items()})
             return True
 
@@ -882,6 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split a batch of at least 2x this many users over the free worker threads (0: never)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
                    help="the GIL switch interval (sys.setswitchinterval; Python's default 5 ms)")
+    p.add_argument("--profile", type=Path, help="cProfile the event loop thread (CPU time), stats to this file "
+                                                "at shutdown (benchmarks/serving_http.py --profile reads them)")
     p.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
                    help="do not gc.freeze() after loading (see Service)")
     return p
@@ -915,6 +920,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                           poll_s=args.poll_s, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                           batch_mode=args.batch_mode, num_threads=args.threads, workers=args.workers,
                           freeze_gc=args.freeze_gc, split_min=args.split_min)
+        if args.profile is not None:
+            import cProfile
+
+            service.profiler = cProfile.Profile(time.thread_time)  # CPU time, not wall: idle waits cost nothing
         import uvicorn
 
         try:
@@ -925,7 +934,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"serve: listening on http://{host}:{port} (model {args.model_name!r})", flush=True)
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
         server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False))
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        finally:
+            if service.profiler is not None:
+                service.profiler.disable()
+                service.profiler.dump_stats(args.profile)
 
     cli_main(body)
 
