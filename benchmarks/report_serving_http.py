@@ -100,6 +100,15 @@ def serving_http_section(data: dict[str, Any]) -> list[str]:
                        "other processes (cores) before", "after"], rows)
         out += ["", "All levels of the earlier version:", ""]
         out += _table(LEVEL_HEADER, level_rows(before["runs"]))
+    prof = data.get("event_loop_profile")
+    if isinstance(prof, dict) and prof.get("ms_per_request"):
+        total = prof.get("total_ms_per_request") or sum(prof["ms_per_request"].values()) or 1.0
+        out += ["", f"### Where the event loop's CPU goes ({prof.get('config')}, concurrency {prof.get('concurrency')}, "
+                    "cProfile with a thread-CPU clock)", "",
+                f"{_cell(total)} ms per request under the profiler, whose per-call overhead inflates "
+                "function-heavy code several times over: read the shares, not the milliseconds.", ""]
+        rows = [[k, v, 100 * v / total] for k, v in sorted(prof["ms_per_request"].items(), key=lambda kv: -kv[1])]
+        out += _table(["part", "ms/request (profiled)", "share %"], rows)
     mach = data.get("machine", {})
     out += ["", f"Machine: {mach.get('cpus')} CPUs, Python {mach.get('python')}, load average (1 min) "
                 f"{mach.get('load_avg_1m_before')} before / {mach.get('load_avg_1m_after')} after; load generator "

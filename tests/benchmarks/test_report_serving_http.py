@@ -49,6 +49,13 @@ def test_section_renders_targets_levels_split_and_before_after():
     assert "| batch | 8 | 300.0 | 22.00 | 44.00 | 22.00 | 0.90 | 3.60 | – | – | – | 0.17 | – | – | 1.25 |" in text
 
 
+def test_event_loop_profile_shares():
+    data = {**DATA, "event_loop_profile": {"config": "batch", "concurrency": 8, "total_ms_per_request": 2.0,
+                                           "ms_per_request": {"http": 0.5, "framework": 1.5}}}
+    text = "\n".join(section.serving_http_section(data))
+    assert text.index("| framework | 1.50 | 75.00 |") < text.index("| http | 0.50 | 25.00 |")
+
+
 def test_missed_target_and_report_dispatch(tmp_path):
     data = {**DATA, "target_p99_met": False, "before": None}
     assert "target ≤ 25.00 ms: missed" in "\n".join(section.serving_http_section(data))
