@@ -75,7 +75,7 @@ def heatmap(data: dict, img, rel: str, save: Callable, plt_fn: Callable) -> str:
     n = len(variants)
     plt = plt_fn()
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.6 * n))
-    grid = [[(c["d"] if c else 0.0) for c in row] for row in mat]
+    grid = [[(100 * c["d"] if c else 0.0) for c in row] for row in mat]
     lim = max([abs(x) for row in grid for x in row] + [1e-9])
     im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim)
     for i in range(n):
@@ -85,15 +85,16 @@ def heatmap(data: dict, img, rel: str, save: Callable, plt_fn: Callable) -> str:
                 continue
             mark = SIG if significant({"ci_low": c["lo"], "ci_high": c["hi"], "wilcoxon_p": c["wilcoxon_p"]},
                                       alpha) else ""
-            ax.text(j, i, f"{100 * c['d']:+.1f}{mark}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, f"{100 * c['d']:+.1f}{mark}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(grid[i][j]) > 0.6 * lim else "black")
     ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_xlabel("column model")
     ax.set_ylabel("row model")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="Δ Recall@50 (row − column)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="Δ Recall@50 ×100 (row − column)")
     users = data.get("meta", {}).get("users")
-    ax.set_title(f"Paired Δ Recall@50 ×100, {users} users; {SIG}: bootstrap CI excludes 0 and Wilcoxon p < {alpha}",
-                 fontsize=8)
+    ax.set_title(f"Paired Δ Recall@50 ×100 (row − column), {users} users\n{SIG}: paired bootstrap CI excludes 0 "
+                 f"and Wilcoxon p < {alpha}", fontsize=8)
     return save(fig, img, "quality_kfold_pairwise.png", rel)
 
 
