@@ -119,3 +119,34 @@ def test_build_context_keeps_every_copied_path_and_drops_the_venv():
                 assert included(src), f"{src} is copied but excluded from the build context"
     for heavy in (".venv/bin/python", "data/raw/x", "artifacts/models/x", ".git/config"):
         assert not included(heavy), heavy
+
+
+def _component_imports(module: str) -> set[str]:
+    """components.* modules that ``module`` imports, transitively (files under components/)."""
+    import ast
+
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((REPO / "components" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "components":
+                todo += [a.name for a in node.names if (REPO / "components" / f"{a.name}.py").is_file()]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("components."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("components.")]
+    return seen
+
+
+def test_the_movielens_layer_copies_what_the_fetch_imports_and_nothing_else():
+    text = DOCKERFILE.read_text()
+    stage = text[text.index("AS movielens"):text.index("AS runtime")]
+    (copy,) = [a for w, a in instructions() if w == "COPY" and "components/ingest.py" in a]
+    assert "components/ingest.py" in stage, "the fetch's COPY belongs to the movielens stage"
+    copied = {Path(src).stem for src in copy.split()[:-1]}
+    needed = _component_imports("ingest") | {"__init__"}
+    assert needed <= copied, f"components.ingest fetch also imports {sorted(needed - copied)}"
+    assert copied <= needed, f"copied but not imported by the fetch (rebuilds the layer needlessly): {copied - needed}"
