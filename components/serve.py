@@ -589,7 +589,11 @@ _RECOMMEND_OPENAPI = {"requestBody": {"required": True, "content": {
 def json_response(obj: Any, status: int = 200) -> Response:
     """``obj`` as a JSON response, serialised by orjson (floats keep their shortest round-trip form, as with
     ``json``; several times faster than FastAPI's ``jsonable_encoder`` + ``json.dumps`` on score lists)."""
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+    try:
+        body = orjson.dumps(obj)
+    except TypeError:  # what orjson refuses and json writes: an int beyond 64 bits (a user_id echoed back)
+        body = json.dumps(obj).encode()
+    return Response(body, status_code=status, media_type="application/json")
 
 
 def _field_errors(exc) -> str:

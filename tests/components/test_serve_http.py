@@ -168,6 +168,8 @@ def test_bad_requests_get_4xx_naming_the_field_and_the_service_keeps_serving(bun
                 assert r.status_code == 400 and words in r.json()["error"], (body, r.text)
             ok = client.post("/recommend", json={"history": hist, "profile": prof, "n": 20})
             assert ok.status_code == 200 and ok.json()["items"] == want
+            big = client.post("/recommend", json={"history": hist, "profile": prof, "n": 20, "user_id": 2 ** 70})
+            assert big.status_code == 200 and big.json()["user_id"] == 2 ** 70  # beyond orjson's 64-bit ints
 
         async def mixed():  # bad and good requests in the same batches: only the bad ones fail
             async with httpx.AsyncClient(base_url=url, timeout=30) as ac:
