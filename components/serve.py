@@ -36,8 +36,8 @@ per (n, λ) group (``batch_mode="batch"``, the default) or ``recommend`` per req
 the lists equal ``components.evaluate``'s. Batching pays on the 100k-item bundle (K = 4, D = 64, one thread,
 thread-CPU per user): 5 ms one by one, 2.3 ms in batches of 4, 1.85 ms in batches of 8, 1.4 ms in batches
 of 16 — one pass over the 25.6 MB item table serves the whole batch. The 1 ms wait is what lets the 8 users
-of concurrency 8 meet in one batch (mean batch 3-4 without it, ~8 with it: server CPU per request 2.9 -> 2.2
-ms; HTTP figures in benchmarks/serving_http.py). ``split_min`` (off by default) splits a big batch over
+of concurrency 8 meet in one batch (on a quiet box mean batch 3-4 without it, ~8 with it, and server CPU per
+request 2.9 -> 2.2 ms; on a busy box queues form anyway and the gain shrinks; benchmarks/serving_http.py). ``split_min`` (off by default) splits a big batch over
 the free threads instead; measured, it cost more CPU per user than it saved in latency.
 
 What to serve is a pluggable *resolver*: a function returning a :class:`Resolution` (arm → bundle folder,
