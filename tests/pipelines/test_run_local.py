@@ -106,7 +106,7 @@ def test_one_train_evaluate_and_index_task_per_model(passed):
         assert (indexed[variant] / "faiss_index" / "index.faiss").is_file()
     report = (run / "report" / "report").read_text()
     for variant in MODELS:
-        assert f"| {variant} |" in report
+        assert f"| `{variant}` |" in report  # label column, then the variant name
 
 
 def test_an_unreachable_floor_promotes_nothing_and_reuses_the_cache(passed, root):
