@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from components.io import relative_paths
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_WALL_S = 600.0
 TARGET_PEAK_MB = 12 * 1024.0
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "within_targets": ok and total < TARGET_WALL_S and peak < TARGET_PEAK_MB,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    args.results.write_text(json.dumps(relative_paths(report, REPO), indent=2) + "\n")
     print(f"[data_path] total {total:.1f} s wall, {total_cpu:.1f} s cpu (target < {TARGET_WALL_S:.0f} s wall), "
           f"max peak RSS {peak:.1f} MB "
           f"(target < {TARGET_PEAK_MB:.0f}); interactions {report['interactions']}; "

@@ -54,6 +54,8 @@ from typing import Any
 
 import yaml
 
+from components.io import relative_paths
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "speed"
 RESULT = REPO / "benchmarks" / "results" / "speed.json"
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     def save():
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.write_text(json.dumps(relative_paths(result, REPO), indent=2) + "\n")
         os.replace(tmp, args.out)
 
     ml = None

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import yaml
 
+from components.io import relative_paths
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "train_speed"
 RESULT = REPO / "benchmarks" / "results" / "train_speed.json"
@@ -107,7 +109,7 @@ def main() -> None:
             result = json.loads(args.out.read_text())
             result.setdefault("profile_cpu_ms_per_step", {}).update(prof)
             result["profile_load_average"] = os.getloadavg()
-            args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+            args.out.write_text(json.dumps(relative_paths(result, REPO), indent=2, sort_keys=True) + "\n")
         return
     rows = {}
     load_before = os.getloadavg()
@@ -148,7 +150,7 @@ def main() -> None:
     }
     result["profile_cpu_ms_per_step"] = prof = profile_phases(split, params, names)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    args.out.write_text(json.dumps(relative_paths(result, REPO), indent=2, sort_keys=True) + "\n")
     print_table(rows)
     print_profile(prof)
     print(f"load average before/after: {load_before} / {result['machine']['load_average_after']}")

@@ -119,6 +119,19 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def relative_paths(obj: Any, root: str | Path) -> Any:
+    """``obj`` (JSON-like) with the absolute folder ``root`` cut from every string: recorded results name paths
+    relative to the repository, never one machine's checkout."""
+    prefix = str(Path(root).resolve()) + os.sep
+    if isinstance(obj, str):
+        return obj.replace(prefix, "")
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_paths(v, root) for v in obj]
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

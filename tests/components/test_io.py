@@ -34,3 +34,12 @@ def test_atomic_outputs_respect_the_umask(tmp_path, umask, dir_mode, file_mode):
     assert _mode(tmp_path / "out" / "a.txt") == _mode(tmp_path / "out" / "b.json") == file_mode
     assert _mode(tmp_path / "c.bin") == _mode(secret) == file_mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "out", "secret"]  # no temp leftovers
+
+
+def test_relative_paths_cuts_the_checkout_from_every_string(tmp_path):
+    from components.io import relative_paths
+
+    root = tmp_path / "repo"
+    obj = {"cmd": f"-m x --out {root}/data/split", "n": 3, "runs": [f"{root}/a", ("b", f"{tmp_path}/other")]}
+    assert relative_paths(obj, root) == {"cmd": "-m x --out data/split", "n": 3,
+                                         "runs": ["a", ["b", f"{tmp_path}/other"]]}
