@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 
 from components.config import ParamsError, load_params, section
+from components.evaluate import read_seed
 from components.gates import Evidence, GatesConfig, decide, load_evidence
 from components.io import DataError, atomic_dir, atomic_path, cli_main, file_digest, read_json, write_json
 from components.registry import Registry, RegistryError
+from components.report import run_models
 
 from components.bundle import BUNDLE_FILES  # noqa: F401 - re-exported: the bundle's files (format 2, no code)
 
@@ -297,12 +299,6 @@ def evaluate_bundle(bundle_dir: Path, split_dir: Path, topn: list[int]):
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def run_models(params: dict[str, Any]) -> list[str]:
-    from components.report import run_models as _run_models
-
-    return _run_models(params)
-
-
 def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[str, Any], *,
         registry: Registry, out_dir: Path, publish: bool = False) -> dict[str, Any]:
     """Bundle the candidate, gate it against prod and the baseline, write the verdict (and A/B spec).
@@ -333,25 +329,25 @@ def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[
                                exclude_history=exclude_history)
     topn = sorted({int(k.split("@")[1]) for k in cand_metrics if k.startswith("test.recall@") and "_ci" not in k}
                   or {50})
-    # both models measured now, on the current test users, through the same serving code
-    candidate = Evidence(cand_bundle.name, evaluate_bundle(cand_bundle, paths.split_dir, topn),
-                         source=f"{cand_bundle} on the test users of {paths.split_dir}")
     prod_version = registry.prod()
-    prod = None
-    if prod_version is not None and prod_version.bundle != cand_bundle.name:
-        prod_dir = registry.bundle_path(prod_version)
-        prod = Evidence(prod_version.bundle, evaluate_bundle(prod_dir, paths.split_dir, topn),
-                        source=f"{prod_dir} on the test users of {paths.split_dir}")
-    baseline = None
-    if baseline_model is not None:
-        b = baseline_model
-        baseline = load_evidence(b, paths.eval_dir / b / "per_user.parquet", paths.eval_dir / b / "metrics.json")
-    if prod_version is not None and prod is None:
+    prod_dir = registry.bundle_path(prod_version) if prod_version is not None else None
+    if prod_version is not None and prod_version.bundle == cand_bundle.name:
         verdict = {"promote": False, "reasons": [f"the candidate {cand_bundle.name} is already {registry.stage} "
                                                  f"({registry.artifact}@{prod_version.version}): nothing to promote"],
                    "rules": []}
         md = f"# Gate verdict\n\n**Not promoted**: {verdict['reasons'][0]}.\n"
     else:
+        # both models measured now, on the current test users, through the same serving code
+        def measured(name: str, bundle_dir: Path) -> Evidence:
+            return Evidence(name, evaluate_bundle(bundle_dir, paths.split_dir, topn),
+                            source=f"{bundle_dir} on the test users of {paths.split_dir}")
+
+        candidate = measured(cand_bundle.name, cand_bundle)
+        prod = measured(prod_version.bundle, prod_dir) if prod_version is not None else None
+        baseline = None
+        if baseline_model is not None:
+            b = paths.eval_dir / baseline_model
+            baseline = load_evidence(baseline_model, b / "per_user.parquet", b / "metrics.json")
         v = decide(gates, candidate, prod, baseline, seed=seed)
         verdict, md = v.to_dict(), v.to_markdown()
     cand_manifest = read_json(cand_bundle / "manifest.json")
@@ -367,7 +363,7 @@ def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[
     ab: dict[str, Any] = {"active": False, "reason": "no A/B test: the candidate was not approved"
                           if prod_version is not None else "no A/B test: there is no production model yet"}
     if verdict["promote"] and prod_version is not None:
-        prod_manifest = read_json(registry.bundle_path(prod_version) / "manifest.json")
+        prod_manifest = read_json(prod_dir / "manifest.json")
         spec = ABSpec(salt=cfg.ab.salt, num_buckets=cfg.ab.num_buckets, treatment_share=cfg.ab.treatment_share,
                       control={"bundle": prod_version.bundle, "model": prod_manifest.get("model"),
                                "content_hash": prod_manifest.get("content_hash")},
@@ -384,12 +380,6 @@ def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[
         tmp.write_text(md)
     write_json(out_dir / "verdict.json", verdict)
     return verdict
-
-
-def read_seed(params: dict[str, Any]) -> int:
-    from components.evaluate import read_seed as _read_seed
-
-    return _read_seed(params)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -118,35 +118,34 @@ class Registry:
             out.append(Version(tag.split("@", 1)[1], m.group(1), commit, date))
         return sorted(out, key=lambda v: _semver_key(v.version))
 
-    def stage_events(self) -> list[tuple[int, str, bool]]:
+    def stage_events(self, versions: list[Version] | None = None) -> list[tuple[int, str, bool]]:
         """``(counter, version, assigned)`` of every stage tag, in GTO's counter order."""
+        at_commit = {v.commit: v.version for v in (versions if versions is not None else self.versions())}
         events = []
         for tag, commit, _date, _msg in self._tags(f"{self.artifact}#{self.stage}*"):
             m = _STAGE_TAG_RE.match(tag)
-            if not m or m.group("stage") != self.stage:
-                continue
-            version = self._version_at(commit)
-            if version is not None:
-                events.append((int(m.group("n")), version, not m.group("un")))
+            if m and m.group("stage") == self.stage and commit in at_commit:
+                events.append((int(m.group("n")), at_commit[commit], not m.group("un")))
         return sorted(events)
 
     def prod(self) -> Version | None:
         """The version in the stage now, or None (no promotion yet, or everything unassigned)."""
+        versions = self.versions()
         current: str | None = None
-        for _n, version, assigned in self.stage_events():
+        for _n, version, assigned in self.stage_events(versions):
             if assigned:
                 current = version
             elif version == current:
                 current = None
-        return self._by_version(current) if current else None
+        return next((v for v in versions if v.version == current), None)
 
     def previous(self) -> Version | None:
         """The version that was in the stage before the current one (the rollback target)."""
+        versions = self.versions()
         cur = self.prod()
-        seen = [v for _n, v, assigned in self.stage_events() if assigned]
-        for version in reversed(seen):
-            if cur is None or version != cur.version:
-                return self._by_version(version)
+        for _n, version, assigned in reversed(self.stage_events(versions)):
+            if assigned and (cur is None or version != cur.version):
+                return next(v for v in versions if v.version == version)
         return None
 
     def bundle_path(self, version: Version) -> Path:
@@ -161,10 +160,11 @@ class Registry:
 
     def history(self) -> list[dict[str, Any]]:
         """Registrations and stage events, oldest first (the same journal as ``gto history``)."""
+        versions = self.versions()
         rows: list[dict[str, Any]] = [{"event": "registration", "version": v.version, "bundle": v.bundle,
-                                       "commit": v.commit[:7], "at": v.created_at} for v in self.versions()]
-        by_version = {v.version: v for v in self.versions()}
-        for n, version, assigned in self.stage_events():
+                                       "commit": v.commit[:7], "at": v.created_at} for v in versions]
+        by_version = {v.version: v for v in versions}
+        for n, version, assigned in self.stage_events(versions):
             rows.append({"event": f"{'assign' if assigned else 'unassign'} {self.stage}", "version": version,
                          "bundle": by_version[version].bundle if version in by_version else "?", "counter": n})
         return rows
@@ -244,15 +244,6 @@ class Registry:
             tag, peeled, obj, date, message = rec.split("\x00", 4)
             out.append((tag, peeled or obj, date, message))
         return out
-
-    def _version_at(self, commit: str) -> str | None:
-        for v in self.versions():
-            if v.commit == commit:
-                return v.version
-        return None
-
-    def _by_version(self, version: str | None) -> Version | None:
-        return next((v for v in self.versions() if v.version == version), None)
 
     def _resolve(self, key: str) -> Version:
         for v in self.versions():

@@ -161,7 +161,6 @@ def test_export_config_and_params_section():
 
 def test_missing_inputs_are_data_errors(paths, tmp_path):
     cfg, gates = _cfgs(candidate="mind")
-    shutil.rmtree(paths.eval_dir.parent / "eval_copy", ignore_errors=True)
     eval_copy = tmp_path / "eval"
     shutil.copytree(paths.eval_dir, eval_copy)
     (eval_copy / "mind" / "metrics.json").unlink()
@@ -191,5 +190,6 @@ def test_data_version_prefers_the_dvc_lock_entry(tmp_path):
     (split / "items.parquet").write_bytes((split / "items.parquet").read_bytes() + b" ")  # lock is now stale
     assert X.data_version(split, lock).startswith("sha256:")
     assert X.data_version(split, None) != v1  # the content hash follows the data
+
 
 
