@@ -91,6 +91,9 @@ class ExportPaths:
         self.dvc_lock = Path(dvc_lock) if dvc_lock is not None else None
 
 
+#: the keys of build_index's index.json a bundle keeps: what the served index is and how it is searched
+INDEX_SETTINGS = ("factory", "factory_requested", "auto_fallback", "nprobe", "ef_search", "dim", "num_items")
+
 # ----------------------------------------------------------------------------------------------- helpers
 sha256_file = file_digest  # the bundle's file hashes (sha256, the default)
 
@@ -197,9 +200,12 @@ def build_bundle(variant: str, paths: ExportPaths, params: dict[str, Any], metri
         np.save(tmp / "item_embeddings.npy", item_emb.numpy().astype(np.float32))
         index_dir = paths.index_dir / variant
         if (index_dir / "index.faiss").exists():
-            load_index(index_dir)  # validates index and id map agree
-            for name in ("index.faiss", "item_ids.npy", "index.json"):
+            _, _, info = load_index(index_dir)  # validates index and id map agree
+            for name in ("index.faiss", "item_ids.npy"):
                 shutil.copyfile(index_dir / name, tmp / name)  # copyfile: new files get the umask's mode
+            # only the settings that shape the answers: build_index's measurements (build time, queries/s) vary
+            # run to run and would give the same weights another bundle id
+            write_json(tmp / "index.json", {k: info[k] for k in INDEX_SETTINGS if k in info})
         else:
             import faiss
 

@@ -193,3 +193,23 @@ def test_data_version_prefers_the_dvc_lock_entry(tmp_path):
 
 
 
+
+def test_same_weights_same_bundle_id_whatever_the_index_build_measured(paths, tmp_path):
+    """build_index's index.json records timings that vary run to run; the bundle keeps only the index settings,
+    so re-exporting the same weights gives the same id."""
+    import json as _json
+
+    from components import build_index as BI
+    from components.config import from_dict as _fd
+
+    BI.run(_fd(BI.IndexConfig, {}, "index"), paths.models_dir / "mind", paths.split_dir, paths.index_dir / "mind")
+    first = X.build_bundle("mind", paths, PARAMS, {}, {}, "v1")
+    info = _json.loads((paths.index_dir / "mind" / "index.json").read_text())
+    info.update(build_s=123.0, queries_per_s=1.0)
+    (paths.index_dir / "mind" / "index.json").write_text(_json.dumps(info))
+    again = X.build_bundle("mind", X.ExportPaths(models_dir=paths.models_dir, eval_dir=paths.eval_dir,
+                                                 index_dir=paths.index_dir, split_dir=paths.split_dir,
+                                                 bundles_dir=tmp_path / "other"), PARAMS, {}, {}, "v1")
+    assert again.name == first.name
+    kept = _json.loads((again / "index.json").read_text())
+    assert "queries_per_s" not in kept and kept["factory"] == info["factory"] and kept["nprobe"] == info["nprobe"]
