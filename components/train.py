@@ -109,6 +109,12 @@ class TrainConfig:
     num_threads: int = 1
     """torch intra-op CPU threads for this process (0 = torch's default, one per core). One is fastest for
     these small ops on a shared 2-core machine (two threads contend: measured 5-10x slower under load)."""
+    embedding_optimizer: Literal["adam", "sparse_adam"] = "adam"
+    """optimizer of the item/category embedding tables: adam = dense gradients and Adam over every row each
+    step (cost grows with the catalogue); sparse_adam = sparse gradients, only the rows a step used are read
+    and updated (lazy Adam); every other parameter always uses dense Adam."""
+    compile: bool = False
+    """wrap the model's forward in ``torch.compile`` (needs a C++ compiler on CPU)."""
 
     def __post_init__(self) -> None:
         positive = ("max_len", "num_nodes", "max_epochs", "batch_size", "eval_batch_size")
@@ -153,7 +159,7 @@ OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name !=
 
 #: ``train`` keys the CLI accepts as ``--trainer.KEY VALUE`` (how the run executes, not what the model is)
 TRAINER_FLAGS = ("max_epochs", "accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers",
-                 "num_threads", "deterministic", "progress_refresh", "logger", "patience")
+                 "num_threads", "deterministic", "progress_refresh", "logger", "patience", "compile")
 
 #: the package each optional logger needs (any one of them)
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
