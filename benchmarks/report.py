@@ -1092,6 +1092,10 @@ def _render(results_dir: Path, out_path: Path, img_dir: Path) -> str:
             body = end_to_end_section(data)
         elif p.stem == "speed":
             body = speed_section(data, img_dir, rel, out_path)
+        elif (Path(__file__).with_name(f"report_{p.stem}.py")).exists() and isinstance(data, dict):
+            # a section kept in a module of its own: benchmarks/report_<stem>.py defines
+            # section(data, img_dir, rel, save, plt_fn) -> list of Markdown lines
+            body = _section_module(f"report_{p.stem}").section(data, img_dir, rel, save, _plt)
         elif p.stem == "quality_kfold" and isinstance(data, dict):  # benchmarks/report_kfold.py (issue 13)
             body = _section_module("report_kfold").kfold_section(data, img_dir, rel, save, _plt)
         elif p.stem == "serving_http" and isinstance(data, dict):

@@ -114,3 +114,8 @@ def serving_http_section(data: dict[str, Any]) -> list[str]:
                 f"{mach.get('load_avg_1m_before')} before / {mach.get('load_avg_1m_after')} after; load generator "
                 f"niceness +{data.get('client_nice', 0)}."]
     return out
+
+
+def section(data: dict[str, Any], img, rel: str, save, plt_fn) -> list[str]:
+    """The ``benchmarks/report.py`` plug-in entry point."""
+    return serving_http_section(data)
