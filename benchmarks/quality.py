@@ -51,14 +51,16 @@ Several processes may run at once on disjoint (variant, setting, seed) sets: the
 
 k-fold mode (issue 13): ``--stage kfold`` trains every variant on each of the ``--folds`` (10) user folds of
 components.split (``split.folds`` / ``split.fold``: fold f test, f+1 mod k valid, the rest train), so every
-MovieLens-100K user (943) is a test user exactly once; one run per (fold, variant) at the declared
-``KFOLD_GRID`` setting with seed 2026 and the same 10-epoch budget, per-user test values kept in the run
-record. ``quality_kfold.json`` pools the complete folds: per model the mean over all users with a user
+MovieLens-100K user (943) is a test user exactly once; one run per (fold, variant) with seed 2026 and the
+same 10-epoch budget, per-user test values kept in the run record. Hyper-parameters are tuned once, on fold
+0's valid users, over the declared ``KFOLD_GRID`` (``--stage kfold-tune``; the same grid and budget for every
+trainable variant); each variant then trains at its chosen point on every fold. ``quality_kfold.json`` pools the complete folds: per model the mean over all users with a user
 bootstrap interval, the paired tests of every pair on per-user Recall@50 (paired bootstrap interval of the
 difference, Wilcoxon signed-rank) and the papers' findings judged by them (benchmarks/kfold_stats.py). The
 5-seed single-split results above stay in ``quality.json``; the k-fold runs never enter it.
 
     nice -n 10 .venv/bin/python benchmarks/quality.py --stage kfold-prepare   # the 10 fold splits, once
+    nice -n 10 .venv/bin/python benchmarks/quality.py --stage kfold-tune      # the grid on fold 0, chosen on valid
     nice -n 10 .venv/bin/python benchmarks/quality.py --stage kfold &         # two workers share the cache
     nice -n 10 .venv/bin/python benchmarks/quality.py --stage kfold
     .venv/bin/python benchmarks/quality.py --stage kfold-aggregate            # only rebuild quality_kfold.json
@@ -128,6 +130,7 @@ METRICS = tuple(f"{m}@{n}" for n in TOPN for m in ("recall", "ndcg", "hitrate", 
 GRID: dict[str, dict[str, Any]] = {
     "default": {"lr": 0.001},  # params.yaml's lr before this tuning (now 0.003, the choice); explicit so
     "lr3e-3": {"lr": 0.003},   # that the grid does not move when params.yaml adopts the chosen setting
+    "lr1e-2": {"lr": 0.01},    # the k-fold tuning grid's third point (KFOLD_GRID); never run on the 8:1:1 split
 }
 #: one-factor sweeps (issue 6: ComiRec Table 4, MIND Fig. 3), each around the variant's setting chosen on
 #: valid, at the tuning seed: name -> (variants, models.* key, values). The params.yaml value is one of the
@@ -150,9 +153,14 @@ CONFIDENCE = 0.95
 # ------------------------------------------------------------------------------------- k-fold (issue 13)
 #: k of the k-fold strong-generalization benchmark: every user is a test user in exactly one fold
 KFOLDS = 10
-#: the declared k-fold grid: one point, the setting the single-split tuning chose on valid for every trainable
-#: variant (quality.json ``tuning``: lr 0.003 won or was the only point run); MostPopular has no setting
-KFOLD_GRID = ("lr3e-3",)
+#: the declared k-fold tuning grid, the same for every trainable variant: the learning rate on a log scale
+#: around the single-split choice (0.003), tuned ONCE on fold 0's valid users (fold 1 of the partition; never a
+#: test user of fold 0) under the same BUDGET_EPOCHS budget and seed, ties to the earlier point; every fold then
+#: trains the variant at its chosen point (``--stage kfold-tune`` first). MostPopular has no setting.
+KFOLD_GRID = ("lr3e-3", "default", "lr1e-2")
+#: the trainer's embedding optimizer of every k-fold run (all recorded runs were dense Adam; pinned so that a
+#: params.yaml default change does not mix optimizers inside one table — re-run everything to change it)
+KFOLD_TRAIN = {"embedding_optimizer": "adam"}
 KFOLD_RESULT = REPO / "benchmarks" / "results" / "quality_kfold.json"
 #: per-user test values kept in each k-fold run record (the paired tests need users, not means)
 PER_USER_METRICS = ("recall@50", "recall@20", "ndcg@50", "hitrate@50")
@@ -322,7 +330,8 @@ def _train_and_evaluate(params: dict, protocol: str, variant: str, setting: str,
     split_dir = prepare_fold_split(params, *fold) if fold else prepare_split(params, protocol)
     cfg = section(params, "train", train.TrainConfig)
     cfg = dataclasses.replace(cfg, progress_refresh=0, num_threads=threads,
-                              **({"max_epochs": max_epochs} if max_epochs else {}))
+                              **({"max_epochs": max_epochs} if max_epochs else {}),
+                              **(KFOLD_TRAIN if fold else {}))
     mc = model_config(params, variant, setting_overrides(setting))
     model_dir = OUT / "models" / protocol / variant.replace("+", "_") / setting / f"seed{seed}"
     t0 = time.perf_counter()
@@ -535,16 +544,37 @@ KFOLD_CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 
 
+def kfold_chosen(runs: list[dict], variants: Sequence[str], k: int, tune_seed: int) -> dict[str, dict[str, Any]]:
+    """Per variant: the KFOLD_GRID point with the best fold-0 **valid** Recall@50 (seed ``tune_seed``; ties
+    keep the earlier point of KFOLD_GRID), with every point's value. MostPopular: ``default``, nothing tuned.
+    A variant whose fold-0 runs do not cover the whole grid is left out (its tuning is not finished)."""
+    out: dict[str, dict[str, Any]] = {}
+    proto = fold_protocol(k, 0)
+    for v in variants:
+        if VARIANTS[v][0] == "most_popular":
+            out[v] = {"setting": "default", "valid_recall@50": {}, "tuned": False}
+            continue
+        got = {r["setting"]: r["metrics"]["valid.recall@50"] for r in runs
+               if r["variant"] == v and r["protocol"] == proto and r["seed"] == tune_seed and r["setting"] in KFOLD_GRID}
+        if set(got) != set(KFOLD_GRID):
+            continue
+        best = max(KFOLD_GRID, key=lambda g: (got[g], -KFOLD_GRID.index(g)))
+        out[v] = {"setting": best, "valid_recall@50": {g: got[g] for g in KFOLD_GRID}, "tuned": True}
+    return out
+
+
 def build_kfold_result(runs: list[dict], variants: Sequence[str], k: int, tune_seed: int,
                        samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE) -> dict:
     """quality_kfold.json from the k-fold run records: per model the mean over all pooled test users with a
     user-bootstrap interval, per fold means, fold 0's valid Recall@50; every pair's paired test on per-user
     Recall@50; the papers' findings with verdicts (benchmarks/kfold_stats.py states the rules)."""
     ks = _kfold_stats()
+    chosen = kfold_chosen(runs, variants, k, tune_seed)
     recs = []
     for r in runs:
         kf = parse_fold_protocol(r["protocol"])
-        if kf and kf[0] == k and r["variant"] in variants and r["seed"] == tune_seed:
+        if (kf and kf[0] == k and r["variant"] in chosen and r["seed"] == tune_seed
+                and r["setting"] == chosen[r["variant"]]["setting"]):
             recs.append({**r, "fold": kf[1]})
     variants = [v for v in variants if any(r["variant"] == v for r in recs)]
     pooled = ks.pool_folds(recs, variants, PER_USER_METRICS) if variants else {
@@ -554,7 +584,9 @@ def build_kfold_result(runs: list[dict], variants: Sequence[str], k: int, tune_s
     models: dict[str, Any] = {}
     for v in variants:
         own = sorted((r for r in recs if r["variant"] == v), key=lambda r: r["fold"])
-        entry: dict[str, Any] = {"label": LABELS.get(v, v), "users": n, "setting": own[0]["setting"] if own else None}
+        entry: dict[str, Any] = {"label": LABELS.get(v, v), "users": n, "setting": chosen[v]["setting"],
+                                 "overrides": GRID.get(chosen[v]["setting"], {}),
+                                 "fold0_valid_recall@50_grid": chosen[v]["valid_recall@50"]}
         for m in PER_USER_METRICS:
             if n:
                 x = pooled["values"][v][m]
@@ -602,10 +634,11 @@ def build_kfold_result(runs: list[dict], variants: Sequence[str], k: int, tune_s
                  "folds_complete": pooled["folds"], "folds_incomplete": {str(f): v for f, v in pooled["incomplete"].items()},
                  "users": n, "seed": tune_seed, "budget_epochs": BUDGET_EPOCHS,
                  "grid": {g: GRID[g] for g in KFOLD_GRID},
-                 "grid_note": "declared grid = the one setting the single-split tuning (quality.json 'tuning', "
-                              "on the 8:1:1 split's valid users) chose for every trainable variant; not re-tuned on "
-                              "fold 0 (its valid Recall@50 is reported per model); plain UMI was never tuned and "
-                              "uses the same setting",
+                 "grid_note": f"declared grid, the same for every trainable variant, tuned once on fold 0's valid "
+                              f"users (seed {tune_seed}, at most {BUDGET_EPOCHS} epochs with early stopping): the "
+                              "point with the best fold-0 valid Recall@50 (ties: the earlier point) is trained on "
+                              "every fold; test users never chose anything",
+                 "train": dict(KFOLD_TRAIN),
                  "variants": list(variants),  # display order (the file's keys are written sorted)
                  "labels": {v: LABELS.get(v, v) for v in variants}, "metric": "recall@50",
                  "bootstrap": {"samples": samples, "confidence": confidence, "over": "users", "seed": 0},
@@ -625,12 +658,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--protocols", default="sg,loo", help="sg (strong generalization), loo (leave-one-out)")
-    ap.add_argument("--grid", default=",".join(GRID), help=f"grid points to tune over: {', '.join(GRID)}")
+    ap.add_argument("--grid", default="default,lr3e-3", help=f"single-split grid points to tune over (known: "
+                    f"{', '.join(GRID)}; the k-fold stages use KFOLD_GRID)")
     ap.add_argument("--tune-seed", type=int, default=SEEDS[0], help="seed of the tuning runs")
     ap.add_argument("--stage", choices=("all", "tune", "final", "sweep", "salvage", "aggregate", "kfold",
-                                        "kfold-prepare", "kfold-aggregate"), default="all",
+                                        "kfold-prepare", "kfold-tune", "kfold-aggregate"), default="all",
                     help="salvage: record stopped runs from their best checkpoint so far (stop workers first); "
-                         "kfold: every fold x variant at the declared KFOLD_GRID setting (seed --tune-seed), then "
+                         "kfold-tune: every KFOLD_GRID point on fold 0 (chosen on its valid users); "
+                         "kfold: every fold x variant at its fold-0 choice (seed --tune-seed), then "
                          "quality_kfold.json; kfold-prepare: only the fold splits (before parallel workers)")
     ap.add_argument("--folds", type=int, default=KFOLDS, help="k of the k-fold stages")
     ap.add_argument("--fold-list", default=None, help="k-fold: the folds to run, e.g. 0,1,2 (default: all)")
@@ -686,12 +721,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.stage in ("kfold", "kfold-prepare"):
             for f in folds:
                 prepare_fold_split(params, k, f)
+        if args.stage == "kfold-tune":  # every grid point on fold 0, chosen on its valid users
+            prepare_fold_split(params, k, 0)
+            for v in variants:
+                for setting in (KFOLD_GRID if VARIANTS[v][0] != "most_popular" else ("default",)):
+                    go(fold_protocol(k, 0), v, setting, tune_seed)
         if args.stage == "kfold":
             for f in folds:  # fold-major: an interrupted benchmark leaves whole folds
+                chosen = kfold_chosen(load_runs(kfold=True), variants, k, tune_seed)
                 for v in variants:
-                    go(fold_protocol(k, f), v, "default" if VARIANTS[v][0] == "most_popular" else KFOLD_GRID[0],
-                       tune_seed)
-        if args.stage != "kfold-prepare":
+                    if v not in chosen:
+                        print(f"{v}: fold-0 tuning over {list(KFOLD_GRID)} not finished "
+                              "(--stage kfold-tune first), skipped", flush=True)
+                        continue
+                    go(fold_protocol(k, f), v, chosen[v]["setting"], tune_seed)
+        if args.stage not in ("kfold-prepare", "kfold-tune"):
             out = args.out or KFOLD_RESULT
             write_json(out, build_kfold_result(load_runs(kfold=True), list(VARIANTS), k, tune_seed))
             print(f"wrote {out}")

@@ -81,9 +81,10 @@ def test_verdict_rule(lo, hi, p, kind, want):
     assert ks.verdict({"ci_low": lo, "ci_high": hi, "wilcoxon_p": p}, kind) == want
 
 
-def _rec(fold, variant, users, r50, protocol=None):
-    return {"fold": fold, "variant": variant, "protocol": protocol or f"kf3_f{fold}", "setting": "lr3e-3",
-            "seed": 2026, "metrics": {"valid.recall@50": 0.4 + fold / 100}, "train": {"epochs": 5, "best_epoch": 2},
+def _rec(fold, variant, users, r50, protocol=None, setting="lr3e-3", valid=None):
+    return {"fold": fold, "variant": variant, "protocol": protocol or f"kf3_f{fold}", "setting": setting,
+            "seed": 2026, "metrics": {"valid.recall@50": 0.4 + fold / 100 if valid is None else valid},
+            "train": {"epochs": 5, "best_epoch": 2},
             "max_epochs": 10, "train_wall_s": 1.0,
             "per_user": {"user_id": list(users), **{m: list(r50) for m in quality.PER_USER_METRICS}}}
 
@@ -116,6 +117,7 @@ def test_build_kfold_result_from_records():
     runs = [_rec(f, "mind", users[f], mind[f]) for f in users] + [_rec(f, "youtube_dnn", users[f], ytb[f])
                                                                   for f in users]
     runs.append(_rec(0, "mind", ["x"], [1.0], protocol="kf5_f0"))  # another k: ignored
+    runs += _other_grid_points(["mind", "youtube_dnn"], users[0])
     res = quality.build_kfold_result(runs, ["youtube_dnn", "mind"], 3, 2026, samples=300)
     assert res["meta"]["folds_complete"] == [0, 1, 2] and res["meta"]["users"] == 6
     m = res["models"]["mind"]
@@ -134,3 +136,32 @@ def test_build_kfold_result_from_records():
     # 6 equal differences: ties among the ranks, scipy's normal approximation; p < 0.05 here
     assert claim["verdict"] == "holds"
     assert next(c for c in res["claims"] if c["higher"] == "umi_hn")["verdict"] == "not run"
+
+
+def _other_grid_points(variants, users, valid=0.1, value=0.9):
+    """Fold-0 runs of the KFOLD_GRID points other than lr3e-3, worse on valid (so lr3e-3 is chosen) and with a
+    test value that would show if they were pooled."""
+    return [_rec(0, v, users, [value] * len(users), setting=g, valid=valid)
+            for v in variants for g in quality.KFOLD_GRID if g != "lr3e-3"]
+
+
+def test_kfold_tuning_chooses_on_fold0_valid_and_pools_only_the_choice():
+    users = {0: ["u1", "u2"], 1: ["u3", "u4"], 2: ["u5", "u6"]}
+    # lr 1e-3 ("default") wins on fold 0's valid users: its runs are pooled on every fold, lr3e-3's are not
+    runs = [_rec(f, "mind", users[f], [0.2, 0.2], setting="default", valid=0.5) for f in users]
+    runs += [_rec(f, "mind", users[f], [0.9, 0.9], setting="lr3e-3", valid=0.3) for f in users]
+    runs += [_rec(0, "mind", users[0], [0.9, 0.9], setting="lr1e-2", valid=0.5)]  # a tie: the earlier point wins
+    chosen = quality.kfold_chosen(runs, ["mind"], 3, 2026)
+    assert chosen["mind"]["setting"] == "default"
+    assert chosen["mind"]["valid_recall@50"] == {"lr3e-3": 0.3, "default": 0.5, "lr1e-2": 0.5}
+    res = quality.build_kfold_result(runs, ["mind"], 3, 2026, samples=100)
+    m = res["models"]["mind"]
+    assert m["setting"] == "default" and m["overrides"] == {"lr": 0.001}
+    assert m["recall@50"]["mean"] == pytest.approx(0.2) and res["meta"]["users"] == 6
+
+
+def test_kfold_tuning_unfinished_grid_leaves_the_variant_out():
+    users = {0: ["u1", "u2"], 1: ["u3", "u4"], 2: ["u5", "u6"]}
+    runs = [_rec(f, "mind", users[f], [0.2, 0.2]) for f in users]  # only lr3e-3 on fold 0
+    assert quality.kfold_chosen(runs, ["mind"], 3, 2026) == {}
+    assert quality.kfold_chosen(runs, ["most_popular"], 3, 2026)["most_popular"]["setting"] == "default"

@@ -27,8 +27,11 @@ def result():
         users = [f"u{f}{i}" for i in range(8)]
         ytb = [0.2 + 0.05 * i for i in range(8)]
         runs += [_rec(f, "youtube_dnn", users, ytb),
-                 _rec(f, "most_popular", users, [x - 0.1 for x in ytb]),
+                 {**_rec(f, "most_popular", users, [x - 0.1 for x in ytb]), "setting": "default"},
                  _rec(f, "mind", users, [x + (0.02 if i % 2 else -0.02) for i, x in enumerate(ytb)])]
+        if f == 0:  # the fold-0 tuning runs of the other grid points, worse on valid
+            runs += [{**_rec(0, v, users, [0.0] * 8), "setting": g, "metrics": {"valid.recall@50": 0.1}}
+                     for v in ("youtube_dnn", "mind") for g in quality.KFOLD_GRID if g != "lr3e-3"]
     return quality.build_kfold_result(runs, ["most_popular", "youtube_dnn", "mind"], 3, 2026, samples=500)
 
 
