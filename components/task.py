@@ -34,6 +34,74 @@ from components.train import MONITOR, VAL_TOPN, _retrieval_recall
 from models.loss import NegativeSampler, sampled_softmax_loss
 
 
+EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam")
+
+
+class DenseSparseAdam(torch.optim.Optimizer):
+    """Adam for the dense parameters and lazy Adam (``torch.optim.SparseAdam``) for the embedding tables, as
+    one optimizer, so Lightning's automatic optimization, ``global_step`` (one per batch) and checkpoint
+    format (``optimizer_states`` = one state dict) stay as they are with the dense Adam.
+
+    Lazy Adam (SparseAdam) reads and updates only the rows of a table whose sparse gradient is non-empty:
+    the step's cost grows with the rows a step touched, not with the catalogue. Untouched rows keep their
+    weights *and* moments (dense Adam would keep moving them with their decaying momentum). Its bias
+    correction counts the table's steps, not each row's (as TF's LazyAdam).
+
+    Hand-written wrapper rather than two Lightning optimizers: two optimizers need manual optimization,
+    where ``global_step`` counts every optimizer's step (twice per batch), changing step-based settings. The
+    two torch optimizers share this object's ``state`` and ``param_groups`` (dense groups first, each marked
+    ``sparse``), so ``state_dict``/``load_state_dict`` are torch's own and a checkpoint round-trips.
+
+    Args:
+        dense: parameters with dense gradients (Adam, optionally fused).
+        sparse: embedding weights with sparse gradients (SparseAdam; no weight decay).
+        lr, betas, eps: shared by both.
+        weight_decay: Adam's, dense parameters only.
+        fused: the dense Adam's ``fused``.
+    """
+
+    def __init__(self, dense, sparse, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, fused: bool | None = None):
+        dense, sparse = list(dense), list(sparse)
+        if not dense and not sparse:
+            raise ValueError("DenseSparseAdam: no parameters")
+        groups = ([{"params": dense, "sparse": False}] if dense else []) + \
+                 ([{"params": sparse, "sparse": True}] if sparse else [])
+        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps})
+        self._adam = (torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+                      if dense else None)
+        self._sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps) if sparse else None
+        inner = [o for o in (self._adam, self._sparse) if o is not None]
+        for opt, flag in zip(inner, [o is self._sparse for o in inner]):
+            for g in opt.param_groups:
+                g["sparse"] = flag
+        self.param_groups = [g for o in inner for g in o.param_groups]
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this object's state and (dense-first) parameter groups."""
+        dense = [g for g in self.param_groups if not g["sparse"]]
+        sparse = [g for g in self.param_groups if g["sparse"]]
+        for opt, groups in ((self._adam, dense), (self._sparse, sparse)):
+            if opt is not None:
+                opt.param_groups = groups
+                opt.state = self.state
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)  # rebuilds self.state / self.param_groups
+        self._link()
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in (self._adam, self._sparse):
+            if opt is not None:
+                opt.step()
+        return loss
+
+
 class NonFiniteTraining(RuntimeError):
     """The loss or the weights became nan/inf during training."""
 
@@ -50,6 +118,11 @@ class RetrievalTask(pl.LightningModule):
         model_hparams: the constructor arguments of ``arch`` (``models.build_model``), data-derived ones included.
         num_negatives: sampled negatives shared by the batch per step.
         lr, weight_decay: Adam's.
+        embedding_optimizer: ``adam`` = dense gradients and Adam over every parameter; ``sparse_adam`` =
+            sparse gradients for the item/category tables and lazy Adam on the rows a step used
+            (:class:`DenseSparseAdam`), dense Adam for the rest. ``weight_decay`` must then be 0: decaying
+            every row each step is the whole-table work this mode removes (and decaying only the touched
+            rows would be a different regulariser than Adam's).
         sampler: ``uniform`` | ``popularity`` | ``log_uniform``; the last two get the log-Q correction.
         in_batch_negatives: also use the other rows' positives as negatives (log-Q by training frequency).
         attention_pow: label-aware attention power p; None = hard argmax selection.
@@ -63,7 +136,7 @@ class RetrievalTask(pl.LightningModule):
     """
 
     def __init__(self, *, arch: str, model_hparams: dict[str, Any], num_negatives: int = 50, lr: float = 1e-3,
-                 weight_decay: float = 0.0, sampler: str = "uniform", in_batch_negatives: bool = False,
+                 weight_decay: float = 0.0, embedding_optimizer: str = "adam", sampler: str = "uniform", in_batch_negatives: bool = False,
                  attention_pow: float | None = None, harder_negatives: bool = False, seed: int = 0,
                  show_every: int = 0, model: nn.Module | None = None, item_counts: Any = None):
         super().__init__()
@@ -74,6 +147,14 @@ class RetrievalTask(pl.LightningModule):
             raise ValueError(f"model is a {M.arch_of(model)} with config {model.config}, "
                              f"not the {arch} with {model_hparams} of the hyper-parameters")
         self.model = model
+        if embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise ValueError(f"embedding_optimizer must be one of {list(EMBEDDING_OPTIMIZERS)}, "
+                             f"got {embedding_optimizer!r}")
+        if embedding_optimizer == "sparse_adam" and weight_decay > 0:
+            raise ValueError(f"weight_decay {weight_decay:g} with embedding_optimizer sparse_adam: lazy Adam "
+                             "has no weight decay (set weight_decay to 0, or use embedding_optimizer adam)")
+        # sparse gradients for the item/category tables (a training mode: values and state dict unchanged)
+        M.set_sparse_embeddings(model, embedding_optimizer == "sparse_adam")
         num_items = int(model_hparams["num_items"])
         counts = (torch.zeros(num_items, dtype=torch.long) if item_counts is None
                   else torch.as_tensor(item_counts, dtype=torch.long))
@@ -186,6 +267,12 @@ class RetrievalTask(pl.LightningModule):
     def configure_optimizers(self):
         # fused: one kernel for all parameters (4x cheaper step on CPU than the per-tensor loop)
         fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
+        if self.hparams.get("embedding_optimizer", "adam") == "sparse_adam":
+            tables = M.set_sparse_embeddings(self.model, True)  # the weights as they are now (device moves)
+            sparse = {id(p) for p in tables}
+            dense = [p for p in self.model.parameters() if id(p) not in sparse]
+            return DenseSparseAdam(dense, tables, lr=self.hparams.lr,
+                                   weight_decay=self.hparams.weight_decay, fused=fused)
         return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay, fused=fused)
 

@@ -141,6 +141,9 @@ class TrainConfig:
             raise ValueError(f"devices must be >= 1, got {self.devices}")
         if self.num_negatives == 0 and not self.in_batch_negatives:
             raise ValueError("num_negatives must be >= 1 unless in_batch_negatives is true")
+        if self.embedding_optimizer == "sparse_adam" and self.weight_decay > 0:
+            raise ValueError(f"weight_decay must be 0 with embedding_optimizer sparse_adam (lazy Adam has no weight "
+                             f"decay), got {self.weight_decay:g}; or use embedding_optimizer adam")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models has duplicates: {self.models}")
 
@@ -337,7 +340,7 @@ def _retrieval_recall(model, batch: dict, item_emb, n: int):
 
 def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, weight_decay: float,
               attention_pow: float | None, harder_negatives: bool, log_q: bool, in_batch: bool,
-              batch_sampler_q, seed: int, show_every: int = 20):
+              batch_sampler_q, seed: int, show_every: int = 20, embedding_optimizer: str = "adam"):
     """A :class:`components.task.RetrievalTask` around an already built ``model`` and samplers (kept for
     callers that build their own, e.g. benchmarks/speed.py with a padded catalogue).
 
@@ -353,7 +356,7 @@ def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, 
     task = RetrievalTask(arch=M.arch_of(model), model_hparams=dict(model.config), num_negatives=num_negatives,
                          lr=lr, weight_decay=weight_decay, sampler=sampler.kind, in_batch_negatives=in_batch,
                          attention_pow=attention_pow, harder_negatives=harder_negatives, seed=seed,
-                         show_every=show_every, model=model)
+                         show_every=show_every, model=model, embedding_optimizer=embedding_optimizer)
     task.sampler, task.batch_sampler = sampler, batch_sampler_q
     return task
 
@@ -494,6 +497,7 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
     show_bar = progress_bar_enabled(cfg.progress_refresh, sys.stdout)
     task = RetrievalTask(arch=model.arch, model_hparams=dict(net.config), num_negatives=cfg.num_negatives,
                          lr=cfg.lr, weight_decay=cfg.weight_decay, sampler=cfg.sampler,
+                         embedding_optimizer=cfg.embedding_optimizer,
                          in_batch_negatives=cfg.in_batch_negatives, attention_pow=model.attention_pow,
                          harder_negatives=model.harder_negatives, seed=seed,
                          show_every=cfg.progress_refresh if show_bar else 0, model=net,

@@ -185,6 +185,18 @@ def set_item_category(model: Any, category_idx: Any) -> None:
         buf.copy_(cats.to(buf.device))
 
 
+def set_sparse_embeddings(model: Any, sparse: bool) -> list:
+    """Switch the model's item/category embedding tables to sparse gradients (or back) and return their
+    weights: the parameters a row-wise optimizer (``torch.optim.SparseAdam``) owns. Every model keeps its
+    item tables in an ``ItemTower`` (models/youtube_dnn.py); the forward values and the state dict are the
+    same in both modes. Empty for a model without one (MostPopular)."""
+    params: list = []
+    for module in model.modules():
+        if hasattr(module, "set_sparse") and hasattr(module, "embedding_parameters"):
+            params.extend(module.set_sparse(sparse))
+    return params
+
+
 def is_trainable(model: Any) -> bool:
     """False for models without trainable parameters (MostPopular): the trainer skips gradient fitting."""
     return any(p.requires_grad for p in model.parameters())

@@ -19,11 +19,18 @@ from torch import nn
 
 class ItemTower(nn.Module):
     """Item embeddings: the id embedding, averaged with the category embedding when ``use_category``
-    (MIND §3.2 average pooling). Row 0 (padding) is the zero vector."""
+    (MIND §3.2 average pooling). Row 0 (padding) is the zero vector.
+
+    Sparse mode (:meth:`set_sparse`, ``train.embedding_optimizer: sparse_adam``): the item and category
+    tables produce sparse gradients (only the rows a step looked up), and the whole-table shortcut
+    (:meth:`uses_table`) is off, since it would give the table a dense gradient over every row. The mode is
+    a training setting, not a hyper-parameter: it changes neither the state dict nor the forward values.
+    """
 
     def __init__(self, num_items: int, num_categories: int, dim: int, use_category: bool):
         super().__init__()
         self.use_category = use_category
+        self.sparse = False
         self.item = nn.Embedding(num_items, dim, padding_idx=0)
         self.category = nn.Embedding(num_categories, dim, padding_idx=0) if use_category else None
         # item -> category index; filled by the trainer from data/split/items.parquet (0 = padding/unknown)
@@ -33,6 +40,19 @@ class ItemTower(nn.Module):
                 nn.init.normal_(emb.weight, std=dim ** -0.5)  # inner products start at O(1)
                 with torch.no_grad():
                     emb.weight[0].zero_()
+
+    def set_sparse(self, sparse: bool) -> list[nn.Parameter]:
+        """Switch sparse gradients of the item/category tables on or off; returns those tables' weights
+        (the parameters a row-wise optimizer must own)."""
+        self.sparse = bool(sparse)
+        for emb in (self.item, self.category):
+            if emb is not None:
+                emb.sparse = self.sparse
+        return self.embedding_parameters()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The item table's weight, and the category table's when ``use_category``."""
+        return [emb.weight for emb in (self.item, self.category) if emb is not None]
 
     def table(self) -> torch.Tensor:
         """(num_items, D) the embedding of every item (row 0 = padding), differentiable."""
@@ -44,8 +64,9 @@ class ItemTower(nn.Module):
     def uses_table(self, ids: torch.Tensor) -> bool:
         """Whether looking ``ids`` up in :meth:`table` is cheaper than averaging per id: with category
         features and at least as many ids as items (a batch of histories on a small catalogue). Never while
-        tracing (export): a branch on the batch size would be frozen into the trace."""
-        if self.category is None or torch.jit.is_tracing():
+        tracing (export): a branch on the batch size would be frozen into the trace. Never in sparse mode:
+        the table's gradient would be dense."""
+        if self.sparse or self.category is None or torch.jit.is_tracing():
             return False
         return ids.numel() >= self.item.num_embeddings
 
@@ -139,7 +160,16 @@ class YouTubeDNN(nn.Module):
                        profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L), (B, L), (B, C) -> interests (B, 1, D), interest_mask (B, 1) all True."""
         w = mask.to(self.items.item.weight.dtype)  # (B, L)
-        if self.items.uses_table(history) or self.items.category is None:
+        if self.items.sparse:
+            # sparse gradients: one embedding_bag per table (the mean of (id + category) / 2 is the mean of
+            # the ids' plus the mean of the categories', halved); padding_idx rows and w = 0 add nothing
+            summed = F.embedding_bag(history, self.items.item.weight, per_sample_weights=w, mode="sum",
+                                     padding_idx=0, sparse=True)  # (B, D)
+            if self.items.category is not None:
+                cats = self.items.item_category[history]  # (B, L)
+                summed = (summed + F.embedding_bag(cats, self.items.category.weight, per_sample_weights=w,
+                                                   mode="sum", padding_idx=0, sparse=True)) / 2
+        elif self.items.uses_table(history) or self.items.category is None:
             # masked mean as one embedding_bag: sum of mask-weighted rows, no (B, L, D) tensor forward or back
             summed = F.embedding_bag(history, self.items.table(), per_sample_weights=w, mode="sum",
                                      padding_idx=0)  # (B, D)
