@@ -92,25 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     (work / "logs").mkdir(parents=True)
 
-    params = yaml.safe_load(args.params.read_text())
-    params["seed"] = args.seed
-    params["ingest"] = {"source": "synthetic", "synthetic": {
-        "num_users": size["users"], "num_items": size["items"], "num_categories": size["categories"],
-        "interests_per_user": size["interests"], "mean_length": float(size["mean_length"]),
-        "min_length": size["min_length"], "noise": size["noise"], "popularity_skew": size["skew"],
-        "save_ground_truth": bool(args.ground_truth)}}
+    params = synthetic_params(yaml.safe_load(args.params.read_text()), size, args.seed, args.ground_truth)
     params_path = work / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
-    py = sys.executable
     canonical, validation, split = work / "canonical", work / "validation", work / "split"
-    steps = [
-        ("ingest", [py, "-m", "components.ingest", "run", "--params", str(params_path), "--out", str(canonical)]),
-        ("validate", [py, "-m", "components.validate", "--params", str(params_path), "--data", str(canonical),
-                      "--out", str(validation)]),
-        ("split", [py, "-m", "components.split", "--params", str(params_path), "--data", str(canonical),
-                   "--out", str(split)]),
-    ]
+    steps = data_steps(params_path, canonical, validation, split)
     results = []
     for name, cmd in steps:
         print(f"[data_path] {name} ...", flush=True)
@@ -127,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         log_params["ingest"] = {"source": "parquet", "path": str(canonical / "interactions.parquet")}
         lp = work / "params_log.yaml"
         lp.write_text(yaml.safe_dump(log_params, sort_keys=False))
-        res = run_step("ingest_parquet_log", [py, "-m", "components.ingest", "run", "--params", str(lp),
+        res = run_step("ingest_parquet_log", [sys.executable, "-m", "components.ingest", "run", "--params", str(lp),
                                               "--out", str(work / "canonical_from_log")], work / "logs")
         extra.append(res)
         print(f"[data_path] (extra) ingest of a parquet log: wall {res['wall_s']:.1f} s  "
@@ -166,6 +153,31 @@ def main(argv: list[str] | None = None) -> int:
         for folder in (canonical, validation, split, work / "canonical_from_log"):
             shutil.rmtree(folder, ignore_errors=True)
     return 0 if ok else 1
+
+
+def synthetic_params(params: dict, size: dict, seed: int, ground_truth: bool = False) -> dict:
+    """``params`` (a parsed params.yaml) with ``seed`` and an ``ingest`` section generating ``size``
+    (keys of :data:`FULL`) with components.synthetic."""
+    params = dict(params)
+    params["seed"] = seed
+    params["ingest"] = {"source": "synthetic", "synthetic": {
+        "num_users": size["users"], "num_items": size["items"], "num_categories": size["categories"],
+        "interests_per_user": size["interests"], "mean_length": float(size["mean_length"]),
+        "min_length": size["min_length"], "noise": size["noise"], "popularity_skew": size["skew"],
+        "save_ground_truth": bool(ground_truth)}}
+    return params
+
+
+def data_steps(params_path: Path, canonical: Path, validation: Path, split: Path) -> list[tuple[str, list[str]]]:
+    """(name, command) of ingest -> validate -> split, each through its own CLI as dvc.yaml runs it."""
+    py = sys.executable
+    return [
+        ("ingest", [py, "-m", "components.ingest", "run", "--params", str(params_path), "--out", str(canonical)]),
+        ("validate", [py, "-m", "components.validate", "--params", str(params_path), "--data", str(canonical),
+                      "--out", str(validation)]),
+        ("split", [py, "-m", "components.split", "--params", str(params_path), "--data", str(canonical),
+                   "--out", str(split)]),
+    ]
 
 
 if __name__ == "__main__":
