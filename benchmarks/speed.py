@@ -13,11 +13,17 @@ child's own ``ru_maxrss`` through ``os.wait4``, i.e. RUSAGE_CHILDREN of exactly 
 - ``history_length``: L = train.max_len in {20, 50, 100, 200} for MIND, ComiRec-SA and YouTube DNN
   (MovieLens-100K split: train sequences median 66, max 648 items, 16 % of train users have >= 200);
 - ``num_interests``: K in {1, 2, 4, 8} for MIND and ComiRec-DR (MovieLens-100K, L = train.max_len);
-- ``catalogue_size``: 10k, 100k, 500k, 2M items for MIND with sampled softmax (num_negatives uniform
-  negatives over the whole catalogue). Choice: the catalogue is the MovieLens-100K split's items padded
-  with never-seen items up to N (the model's ``num_items``, its routing-init table and the sampler all use
-  N; the padded items get category 0). What grows with N is the embedding table, its dense gradient and
-  Adam's two moment tables, which is exactly the cost the issue asks about; the data stays the same;
+- ``catalogue_size``: 10k, 100k, 500k, 2M items for every model (YouTube DNN, MIND, ComiRec-DR, ComiRec-SA,
+  UMI; ``--catalogue-models``) with sampled softmax (num_negatives uniform negatives over the whole
+  catalogue), once per embedding optimizer (``--optimizers``: ``adam`` = dense gradients and Adam over every
+  row, ``sparse_adam`` = sparse gradients and lazy Adam on the rows a step used; issue 12), side by side in
+  one run. Choice: the catalogue is the MovieLens-100K split's items padded with never-seen items up to N
+  (the model's ``num_items``, its routing-init table and the sampler all use N; the padded items get
+  category 0). What grows with N is the embedding table, its dense gradient and Adam's two moment tables,
+  which is exactly the cost the issue asks about; the data stays the same. A re-run replaces only the rows
+  of the (model, optimizer, N) it measures, so the sweep can be recorded one model at a time.
+  ``catalogue_targets`` (written with the sweep) checks issue 12's targets per model and optimizer: samples/s
+  at the largest N >= 50 % of that at the smallest, and peak RSS <= 2.5 x the item table's bytes + 1 GB;
 - ``num_users``: synthetic data (components.synthetic through ``ingest``, ``source: synthetic``) at 10k,
   100k and 1M users, then ``split``; MIND at the default config. Besides samples/s it records the data
   module's memory: the resident-set growth of ``SplitDataModule.setup()`` and the exact bytes of the arrays
@@ -67,6 +73,8 @@ HISTORY_MODELS = ["mind", "comirec_sa", "youtube_dnn"]
 NUM_INTERESTS = [1, 2, 4, 8]
 INTEREST_MODELS = ["mind", "comirec_dr"]
 CATALOGUE_SIZES = [10_000, 100_000, 500_000, 2_000_000]
+CATALOGUE_MODELS = ["youtube_dnn", "mind", "comirec_dr", "comirec_sa", "umi"]
+EMBEDDING_OPTIMIZERS = ["adam", "sparse_adam"]
 NUM_USERS = [10_000, 100_000, 1_000_000]
 SWEEPS = ["history_length", "num_interests", "catalogue_size", "num_users", "dynamic_k"]
 #: synthetic data of the users sweep (ingest.synthetic keys); mean length ~ a short-history service
@@ -111,9 +119,12 @@ def run_measured(cmd: list[str], *, env: dict | None = None) -> dict:
 
 
 def model_params(params: dict, variant: str, *, max_len: int | None = None,
-                 num_interests: int | None = None) -> dict:
-    """A copy of ``params`` with ``models.<variant>`` (and ``train.max_len``) changed for one configuration."""
+                 num_interests: int | None = None, embedding_optimizer: str | None = None) -> dict:
+    """A copy of ``params`` with ``models.<variant>`` (and ``train.max_len`` / ``train.embedding_optimizer``)
+    changed for one configuration."""
     p = copy.deepcopy(params)
+    if embedding_optimizer is not None:
+        p["train"]["embedding_optimizer"] = embedding_optimizer
     if max_len is not None:
         p["train"]["max_len"] = max_len
     if num_interests is not None:
@@ -168,7 +179,8 @@ def measure_training(params: dict, variant: str, split_dir: Path, *, steps: int,
                      weight_decay=cfg.weight_decay, attention_pow=variant_cfg.attention_pow,
                      harder_negatives=variant_cfg.harder_negatives, log_q=False,
                      in_batch=cfg.in_batch_negatives,
-                     batch_sampler_q=NegativeSampler("popularity", meta.item_counts), seed=seed, show_every=0)
+                     batch_sampler_q=NegativeSampler("popularity", meta.item_counts), seed=seed, show_every=0,
+                     embedding_optimizer=cfg.embedding_optimizer)
     dm = SplitDataModule(split_dir, meta, max_len=cfg.max_len, batch_size=cfg.batch_size,
                          eval_batch_size=cfg.eval_batch_size, seed=seed, num_workers=cfg.num_workers)
     rss0 = current_rss_mb()
@@ -221,12 +233,13 @@ def measure_training(params: dict, variant: str, split_dir: Path, *, steps: int,
     sps = samples / wall
     n_params = sum(p.numel() for p in net.parameters())
     out.update({
-        "arch": variant_cfg.arch, "max_len": cfg.max_len, "num_interests": hparams.get("num_interests"),
+        "arch": variant_cfg.arch, "embedding_optimizer": cfg.embedding_optimizer, "max_len": cfg.max_len, "num_interests": hparams.get("num_interests"),
         "num_items": n_items, "split_items": meta.num_items, "batch_size": cfg.batch_size,
         "num_negatives": cfg.num_negatives, "steps": steps, "warmup": warmup, "torch_threads": torch.get_num_threads(),
         "s_per_step": wall / steps, "samples_per_s": sps, "samples_per_cpu_s": samples / cpu if cpu > 0 else None,
         "train_samples": len(ds), "train_interactions": interactions, "s_per_epoch": len(ds) / sps,
         "parameters": n_params, "parameter_mb": sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20,
+        "item_table_mb": net.items.item.weight.numel() * net.items.item.weight.element_size() / 2**20,
         "worker_peak_rss_mb": peak_rss_mb(),
     })
     return out
@@ -366,6 +379,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured steps before them")
     parser.add_argument("--users", default=",".join(map(str, NUM_USERS)), help="num_users sweep values")
     parser.add_argument("--catalogue", default=",".join(map(str, CATALOGUE_SIZES)), help="catalogue sizes")
+    parser.add_argument("--catalogue-models", default=",".join(CATALOGUE_MODELS),
+                        help="model variants of the catalogue sweep")
+    parser.add_argument("--optimizers", default=",".join(EMBEDDING_OPTIMIZERS),
+                        help="train.embedding_optimizer values of the catalogue sweep (side by side)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--print", action="store_true", help="print the table of --out and exit")
     parser.add_argument("--plot", action="store_true", help="redraw the PNGs from --out and exit")
@@ -401,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                         "batch_size": params["train"]["batch_size"],
                         "num_negatives": params["train"]["num_negatives"], "sampler": params["train"]["sampler"],
                         "default_max_len": params["train"]["max_len"],
-                        "models": {m: params["models"][m] for m in ("youtube_dnn", "mind", "comirec_dr", "comirec_sa")}}
+                        "models": {m: params["models"][m] for m in ("youtube_dnn", "mind", "comirec_dr", "comirec_sa",
+                                                                    "umi")}}
     result.setdefault("data", {})
 
     def train_spec(p, variant, split, **kw):
@@ -438,12 +456,22 @@ def main(argv: list[str] | None = None) -> None:
         result["sweeps"]["num_interests"] = rows
         save()
     if "catalogue_size" in sweeps:
-        rows = []
-        for n in [int(x) for x in args.catalogue.split(",")]:
-            print(f"catalogue_size: mind N={n}", flush=True)
-            r = measure_in_child(train_spec(params, "mind", ml, num_items=n), env)
-            rows.append({"model": "mind", "value": n, **r})
-        result["sweeps"]["catalogue_size"] = rows
+        # rows of other (model, optimizer, N) are kept; rows of an older format (no optimizer recorded: the
+        # dense Adam of before issue 12) are replaced by this run's
+        keep = [r for r in result["sweeps"].get("catalogue_size", []) if "embedding_optimizer" in r]
+        for variant in args.catalogue_models.split(","):
+            for n in [int(x) for x in args.catalogue.split(",")]:
+                for opt in args.optimizers.split(","):  # adjacent in time: dense vs sparse under the same load
+                    print(f"catalogue_size: {variant} {opt} N={n}", flush=True)
+                    r = measure_in_child(train_spec(model_params(params, variant, embedding_optimizer=opt),
+                                                    variant, ml, num_items=n), env)
+                    keep = [k for k in keep if (k["model"], k.get("embedding_optimizer"), k["value"])
+                            != (variant, opt, n)]
+                    keep.append({"model": variant, "value": n, **r, "embedding_optimizer": opt})
+                    result["sweeps"]["catalogue_size"] = sorted(
+                        keep, key=lambda k: (k["model"], k["embedding_optimizer"], k["value"]))
+                    save()
+        result["catalogue_targets"] = catalogue_targets(result["sweeps"]["catalogue_size"])
         save()
     if "dynamic_k" in sweeps:
         print("dynamic_k: mind serving", flush=True)
@@ -467,6 +495,34 @@ def main(argv: list[str] | None = None) -> None:
     print(f"-> {args.out}")
 
 
+def catalogue_targets(rows: list[dict]) -> dict:
+    """Issue 12's targets per (model, optimizer) of the catalogue sweep: samples/s at the largest N over that
+    at the smallest (target >= 0.5, the same optimizer's; also given against dense Adam's at the smallest N),
+    and peak RSS at the largest N against 2.5 x the item table's bytes + 1 GB (MB = 2**20 bytes)."""
+    out: dict[str, Any] = {}
+    ok = [r for r in rows if "error" not in r]
+    for model in sorted({r["model"] for r in ok}):
+        for opt in sorted({r["embedding_optimizer"] for r in ok if r["model"] == model}):
+            rs = sorted((r for r in ok if r["model"] == model and r["embedding_optimizer"] == opt),
+                        key=lambda r: r["value"])
+            if len(rs) < 2:
+                continue
+            small, big = rs[0], rs[-1]
+            dense_small = next((r for r in ok if r["model"] == model and r["embedding_optimizer"] == "adam"
+                                and r["value"] == small["value"]), None)
+            ratio = big["samples_per_s"] / small["samples_per_s"]
+            limit = 2.5 * big["item_table_mb"] + 1024.0
+            out[f"{model}/{opt}"] = {
+                "model": model, "embedding_optimizer": opt, "small_n": small["value"], "large_n": big["value"],
+                "samples_per_s_small": small["samples_per_s"], "samples_per_s_large": big["samples_per_s"],
+                "throughput_ratio": ratio, "throughput_target_met": ratio >= 0.5,
+                "ratio_to_dense_small": (big["samples_per_s"] / dense_small["samples_per_s"]
+                                         if dense_small else None),
+                "item_table_mb": big["item_table_mb"], "peak_rss_mb_large": big["peak_rss_mb"],
+                "memory_limit_mb": limit, "memory_target_met": big["peak_rss_mb"] <= limit}
+    return out
+
+
 # ------------------------------------------------------------------------------------------ plot / table
 def plot(result: dict) -> list[Path]:
     """One PNG per sweep: samples/s (left) and peak RSS (right) against the swept value, a line per model."""
@@ -484,8 +540,8 @@ def plot(result: dict) -> list[Path]:
         if not rows:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for i, model in enumerate(sorted({r["model"] for r in rows})):
-            rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["value"])
+        for i, model in enumerate(sorted({_line(r) for r in rows})):
+            rs = sorted((r for r in rows if _line(r) == model), key=lambda r: r["value"])
             x, c = [r["value"] for r in rs], f"C{i}"
             axes[0].plot(x, [r["samples_per_s"] for r in rs], "o-", color=c, label=f"{model} (wall clock)")
             axes[0].plot(x, [r["samples_per_cpu_s"] for r in rs], "x--", color=c, alpha=0.6,
@@ -512,14 +568,20 @@ def plot(result: dict) -> list[Path]:
     return written
 
 
+def _line(r: dict) -> str:
+    """A sweep row's line in the plots/table: the model, and its embedding optimizer when recorded."""
+    opt = r.get("embedding_optimizer")
+    return r["model"] if opt is None else f"{r['model']} {opt}"
+
+
 def print_table(result: dict) -> None:
-    head = f"{'sweep':<15}{'model':<12}{'value':>9}{'samples/s':>10}{'/cpu-s':>8}{'ms/step':>9}{'s/epoch':>9}{'peak MB':>9}{'load':>11}"
+    head = f"{'sweep':<15}{'model':<24}{'value':>9}{'samples/s':>10}{'/cpu-s':>8}{'ms/step':>9}{'s/epoch':>9}{'peak MB':>9}{'load':>11}"
     print(head)
     print("-" * len(head))
     for sweep, rows in result.get("sweeps", {}).items():
         for r in rows:
             if "error" in r:
-                print(f"{sweep:<15}{r['model']:<12}{r['value']:>9}  ERROR {r['error']}")
+                print(f"{sweep:<15}{_line(r):<24}{r['value']:>9}  ERROR {r['error']}")
                 continue
             extra = ""
             if "data_bytes_per_interaction" in r:
@@ -527,9 +589,17 @@ def print_table(result: dict) -> None:
                          f"{r['data_rss_bytes_per_interaction']:.1f} B/interaction RSS growth, "
                          f"{r['train_interactions']} interactions")
             load = "{:.1f}/{:.1f}".format(*r["load_avg_1m"])
-            print(f"{sweep:<15}{r['model']:<12}{r['value']:>9}{r['samples_per_s']:>10.0f}"
+            print(f"{sweep:<15}{_line(r):<24}{r['value']:>9}{r['samples_per_s']:>10.0f}"
                   f"{r['samples_per_cpu_s']:>8.0f}{1000 * r['s_per_step']:>9.1f}{r['s_per_epoch']:>9.1f}"
                   f"{r['peak_rss_mb']:>9.0f}{load:>11}{extra}")
+    targets = result.get("catalogue_targets") or {}
+    if targets:
+        print()
+        print(f"{'catalogue targets':<30}{'N':>17}{'samples/s':>20}{'ratio':>7}{'peak MB':>9}{'limit MB':>9}  met")
+        for name, t in targets.items():
+            print(f"{name:<30}{t['small_n']:>8}->{t['large_n']:<8}{t['samples_per_s_small']:>10.0f}->"
+                  f"{t['samples_per_s_large']:<8.0f}{t['throughput_ratio']:>7.2f}{t['peak_rss_mb_large']:>9.0f}"
+                  f"{t['memory_limit_mb']:>9.0f}  {t['throughput_target_met']}/{t['memory_target_met']}")
     dk = result.get("dynamic_k", {})
     if dk.get("rows"):
         print()

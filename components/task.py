@@ -50,7 +50,9 @@ class DenseSparseAdam(torch.optim.Optimizer):
     Hand-written wrapper rather than two Lightning optimizers: two optimizers need manual optimization,
     where ``global_step`` counts every optimizer's step (twice per batch), changing step-based settings. The
     two torch optimizers share this object's ``state`` and ``param_groups`` (dense groups first, each marked
-    ``sparse``), so ``state_dict``/``load_state_dict`` are torch's own and a checkpoint round-trips.
+    ``sparse``), so ``state_dict``/``load_state_dict`` are torch's own and a checkpoint round-trips. A dense
+    gradient on a table (a model's whole-table shortcut on a small catalogue) is turned into the sparse
+    gradient of its non-zero rows first (:func:`_rows_touched`).
 
     Args:
         dense: parameters with dense gradients (Adam, optionally fused).
@@ -96,10 +98,24 @@ class DenseSparseAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._sparse is not None:
+            for p in self._sparse.param_groups[0]["params"]:
+                if p.grad is not None and not p.grad.is_sparse:
+                    p.grad = _rows_touched(p.grad)
         for opt in (self._adam, self._sparse):
             if opt is not None:
                 opt.step()
         return loss
+
+
+def _rows_touched(grad: torch.Tensor) -> torch.Tensor:
+    """A dense (N, D) table gradient as a sparse one holding its non-zero rows. A model may gather from a
+    whole-table product when a batch holds at least as many ids as the catalogue has items (the batch then
+    touches most of it, and the O(N) work is the per-catalogue table the issue allows); lazy Adam then
+    updates the rows that got a gradient. Rows whose gradient is exactly zero count as untouched."""
+    rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), grad.index_select(0, rows), grad.shape,
+                                   is_coalesced=True, check_invariants=False)
 
 
 class NonFiniteTraining(RuntimeError):

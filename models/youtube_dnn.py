@@ -75,6 +75,14 @@ class ItemTower(nn.Module):
             # the same values, the average computed once per item instead of once per id; padding_idx keeps
             # row 0's gradient at zero as the per-id path's two padding_idx embeddings do
             return F.embedding(ids, self.table(), padding_idx=0)
+        if self.sparse and ids.numel() > 1:
+            # each distinct row looked up once and gathered: the sparse gradient then has one row per distinct
+            # id (already sorted), which makes the optimizer's coalesce and lazy update cheaper
+            uniq, inverse = torch.unique(ids, return_inverse=True)
+            return self._per_id(uniq)[inverse]
+        return self._per_id(ids)
+
+    def _per_id(self, ids: torch.Tensor) -> torch.Tensor:
         e = self.item(ids)
         if self.category is not None:
             e = (e + self.category(self.item_category[ids])) / 2  # MIND §3.2: average pooling of id features
