@@ -172,9 +172,16 @@ def ann_recall(index, row_items: np.ndarray, item_emb, interests, interest_mask,
     n = min(n, index.ntotal)
     if q.shape[0] == 0:
         return {"interest_recall": float("nan"), "merged_recall": float("nan")}
-    scores = q @ emb.T  # (Q, N)
-    scores[:, 0] = float("-inf")
-    _, exact = stable_topk(scores, n)
+    # exact per-interest top-n in blocks of queries: (Q, N) scores at once would be Q x N floats
+    # (44k interests x 2M items = 350 GB); a block is bounded to ~128 MiB of scores
+    block = max(1, (32 << 20) // max(emb.shape[0], 1))
+    parts = []
+    for s in range(0, q.shape[0], block):
+        scores = q[s:s + block] @ emb.T  # (block, N)
+        scores[:, 0] = float("-inf")
+        parts.append(stable_topk(scores, n)[1])
+        del scores
+    exact = torch.cat(parts)
     _, rows = index.search(np.ascontiguousarray(q.numpy()), n)
     ann = np.where(rows >= 0, row_items[np.clip(rows, 0, None)], 0)
     per = [len(np.intersect1d(a, e)) / n for a, e in zip(ann, exact.numpy())]
