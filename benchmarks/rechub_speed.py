@@ -228,7 +228,7 @@ def child(side: str, variant: str, threads: int, steps: int, warmup: int, split:
     variants = yaml.safe_load(params.read_text())["models"]
     entry = dict(variants[variant])
     arch = entry["arch"]
-    if side == "ours":
+    if side in ("ours", "ours_compiled"):
         import models as M
         from models.loss import sampled_softmax_loss
 
@@ -239,6 +239,10 @@ def child(side: str, variant: str, threads: int, steps: int, warmup: int, split:
                             profile_cardinalities=list(meta.profile_cardinalities), max_len=MAX_LEN)
         M.set_item_category(net, meta.item_category)
         net.train()
+        if side == "ours_compiled":  # train.compile: the product's wrapper (user tower compiled, training only)
+            from components.train import compile_user_tower
+
+            compile_user_tower(net)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as RetrievalTask.configure_optimizers
 
         def step(batch, neg):
@@ -271,15 +275,17 @@ def child(side: str, variant: str, threads: int, steps: int, warmup: int, split:
             opt.step()
             return loss
 
+    w0 = time.perf_counter()
     for i in range(warmup):
         step(batches[i], negs[i])
+    warmup_s = time.perf_counter() - w0  # with compile: includes the compilation
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(warmup, warmup + steps):
         loss = step(batches[i], negs[i])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"side": side, "variant": variant, "threads": threads, "steps": steps, "warmup": warmup,
             "samples_per_s": steps * BATCH / wall, "samples_per_cpu_s": steps * BATCH / cpu,
-            "wall_s": wall, "final_loss": float(loss), "torch_threads": torch.get_num_threads()}
+            "wall_s": wall, "warmup_s": warmup_s, "final_loss": float(loss), "torch_threads": torch.get_num_threads()}
 
 
 def _spawn(side: str, variant: str, threads: int, args) -> dict:
@@ -300,12 +306,20 @@ def summarise(runs: list[dict], variants: list[str], threads: list[int]) -> dict
     for v in variants:
         for t in threads:
             ours = [r for r in runs if r["variant"] == v and r["threads"] == t and r["side"] == "ours"]
+            comp = [r for r in runs if r["variant"] == v and r["threads"] == t and r["side"] == "ours_compiled"]
             theirs = [r for r in runs if r["variant"] == v and r["threads"] == t and r["side"] == "theirs"]
             row = {"ours_samples_per_s": statistics.median(r["samples_per_s"] for r in ours) if ours else None,
                    "theirs_samples_per_s": (statistics.median(r["samples_per_s"] for r in theirs)
                                             if theirs else None),
                    "ours_runs": [round(r["samples_per_s"]) for r in ours],
                    "theirs_runs": [round(r["samples_per_s"]) for r in theirs]}
+            if comp:
+                row["compiled_samples_per_s"] = statistics.median(r["samples_per_s"] for r in comp)
+                row["compiled_runs"] = [round(r["samples_per_s"]) for r in comp]
+                row["compiled_warmup_s"] = statistics.median(r["warmup_s"] for r in comp)
+                row["eager_warmup_s"] = statistics.median(r["warmup_s"] for r in ours) if ours else None
+                if ours:
+                    row["compiled_over_eager"] = row["compiled_samples_per_s"] / row["ours_samples_per_s"]
             if ours and theirs:
                 row["ratio"] = row["ours_samples_per_s"] / row["theirs_samples_per_s"]
                 paired = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(ours, theirs)]
@@ -325,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", type=Path, default=REPO / "data" / "split")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--out", type=Path, default=RESULT)
-    parser.add_argument("--child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--sides", default="ours,theirs",
+                        help="comma-separated: ours, theirs, ours_compiled (ours with train.compile)")
+    parser.add_argument("--child", choices=("ours", "theirs", "ours_compiled"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     variants = args.models.split(",")
     threads = [int(t) for t in args.threads.split(",")]
@@ -343,15 +359,15 @@ def main(argv: list[str] | None = None) -> None:
     for rep in range(args.repeats):
         for t in threads:
             for v in variants:
-                sides = ["ours", "theirs"] if PEERS.get(arch[v]) else ["ours"]
+                sides = [s for s in args.sides.split(",") if s != "theirs" or PEERS.get(arch[v])]
                 if rep % 2:
                     sides.reverse()
                 for side in sides:
                     r = _spawn(side, v, t, args)
                     r["repeat"] = rep
                     runs.append(r)
-                    print(f"repeat {rep} threads {t} {v:<12} {side:<6} {r['samples_per_s']:9.0f} samples/s",
-                          flush=True)
+                    print(f"repeat {rep} threads {t} {v:<12} {side:<13} {r['samples_per_s']:9.0f} samples/s "
+                          f"(warm-up {r['warmup_s']:.1f} s)", flush=True)
     summary = summarise(runs, variants, threads)
     result = {
         "command": " ".join(["python benchmarks/rechub_speed.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -376,7 +392,9 @@ def main(argv: list[str] | None = None) -> None:
         for t, r in by_t.items():
             ratio = f"{r['ratio']:8.2f}" if r.get("ratio") else "       -"
             theirs = f"{r['theirs_samples_per_s']:10.0f}" if r["theirs_samples_per_s"] else "         -"
-            print(f"{v:<12}{t:>8}{r['ours_samples_per_s']:10.0f}{theirs}{ratio}  {r.get('paired_ratios', '')}")
+            comp = (f"  compiled {r['compiled_samples_per_s']:.0f} ({r['compiled_over_eager']:.2f}x eager, warm-up "
+                    f"{r['compiled_warmup_s']:.0f} s)" if r.get("compiled_samples_per_s") else "")
+            print(f"{v:<12}{t:>8}{r['ours_samples_per_s']:10.0f}{theirs}{ratio}  {r.get('paired_ratios', '')}{comp}")
     print(f"-> {args.out}")
 
 

@@ -49,7 +49,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from components.config import ParamsError, from_dict, load_params, section, to_dict
 from components.io import apply_umask, cli_main, write_json
@@ -114,7 +114,8 @@ class TrainConfig:
     step (cost grows with the catalogue); sparse_adam = sparse gradients, only the rows a step used are read
     and updated (lazy Adam); every other parameter always uses dense Adam."""
     compile: bool = False
-    """wrap the model's forward in ``torch.compile`` (needs a C++ compiler on CPU)."""
+    """run the user tower through ``torch.compile`` while training (:func:`compile_user_tower`; weights and
+    checkpoints unchanged, load without compile); needs a C++ compiler on CPU; the first step compiles."""
 
     def __post_init__(self) -> None:
         positive = ("max_len", "num_nodes", "max_epochs", "batch_size", "eval_batch_size")
@@ -484,6 +485,42 @@ def run(cfg: TrainConfig, model: ModelConfig, split_dir: Path, out_dir: Path, *,
     return summary
 
 
+def compile_user_tower(net) -> "Callable[[], None]":
+    """``train.compile``: run the model's user tower through ``torch.compile`` (TorchInductor) in training.
+
+    Only the bound method ``net.user_interests`` is replaced, by an instance attribute that calls the
+    compiled version while training with gradients and the eager one otherwise (validation, export): the
+    module itself is not wrapped, so ``state_dict`` keys stay the eager ones (no ``_orig_mod.`` prefix) and
+    ``best.ckpt`` / ``model.pt`` load without compile. Validation stays eager so its other batch shapes do not
+    trigger more compilations. The item tower and the loss stay eager (the loss is cheap; the item lookup is
+    a gather). ``fallback_random``: random numbers inside the compiled graph (MIND's and UMI's routing init)
+    come from torch's eager generator, so a compiled run draws the same numbers as an eager one with the same
+    seed (the sums may still differ in the last bits: generated kernels fuse and reorder arithmetic).
+
+    Returns a function that restores the eager method (called after fit, before the weights are saved).
+    On CPU, Inductor needs a C++ compiler; the first training step pays the compilation (tens of seconds;
+    ``benchmarks/rechub_speed.py --sides ours,ours_compiled`` measures it with the throughput).
+    """
+    import torch
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    eager = net.user_interests
+    compiled = torch.compile(eager)
+
+    def user_interests(history, mask, profile):
+        if net.training and torch.is_grad_enabled():
+            return compiled(history, mask, profile)
+        return eager(history, mask, profile)
+
+    net.user_interests = user_interests  # an instance attribute: not a parameter, buffer or submodule
+
+    def restore() -> None:
+        net.__dict__.pop("user_interests", None)
+
+    return restore
+
+
 def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, staging: Path,
          extra_base: dict, seed: int) -> tuple[dict, bool]:
     import pytorch_lightning as pl
@@ -526,6 +563,7 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
     )
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
+    restore = compile_user_tower(net) if cfg.compile else None
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # we log nothing per step to the logger, so Lightning's logging-interval hint is noise
@@ -534,6 +572,9 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
             trainer.fit(task, datamodule=dm)
         except NonFiniteTraining as exc:
             raise TrainingDiverged(_diverged_message(str(exc), cfg, model)) from None
+        finally:
+            if restore is not None:
+                restore()
     wall = time.perf_counter() - t0
     is_zero = trainer.is_global_zero
     best = checkpoint.best_model_score
@@ -553,6 +594,7 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
         "seconds_per_epoch": train_s / max(len(timer.train_seconds), 1),
         "cpu_seconds_per_epoch": sum(timer.train_cpu_seconds) / max(len(timer.train_cpu_seconds), 1),
         "torch_threads": torch.get_num_threads(),
+        "compiled": bool(cfg.compile),
         "val_seconds_per_epoch": sum(timer.val_seconds) / max(epochs, 1),
         "wall_seconds": wall,
         **_peak_memory(on_gpu),
