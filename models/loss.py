@@ -215,13 +215,20 @@ class NegativeSampler:
                 probs = torch.empty(n, dtype=torch.float64)
                 probs[order] = by_rank
         self.probs = probs  # (N_real,) float64, probs[i - 1] = P(item i)
+        # cumulative table, built once: a draw is one binary search (O(log N)), see sample()
+        self._cdf = torch.cumsum(probs, 0) if kind != "uniform" else None
         self._log_probs = torch.cat([torch.tensor([NEG_INF], dtype=torch.float64), probs.log()]).float()
 
     def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(num,) long item ids in 1..N-1, drawn independently with replacement (CPU tensor)."""
         if self.kind == "uniform":
             return torch.randint(1, self.num_items, (num,), generator=generator)
-        return torch.multinomial(self.probs, num, replacement=True, generator=generator) + 1
+        # inverse-CDF sampling by hand instead of torch.multinomial(probs, num, replacement=True), which
+        # rebuilds the cumulative table of all N items on every call (measured ~100 ms per step at 2M items,
+        # issue 12: no per-step work over the catalogue): u ~ U[0, 1), item i where cdf[i-1] <= u < cdf[i]
+        # (zero-probability items have an empty interval and are never drawn)
+        u = torch.rand(num, generator=generator, dtype=torch.float64) * self._cdf[-1]
+        return torch.searchsorted(self._cdf, u, right=True).clamp_(max=self.num_items - 2) + 1
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """log P(draw = id) for each id (same shape, float32, on ``ids.device``); padding 0 gives -inf."""
