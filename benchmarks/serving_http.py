@@ -274,6 +274,10 @@ def profile_split(path: Path, requests: int) -> dict:
 
 CONFIGS = {  # name -> serve CLI flags (after --threads, so a config may override it)
     "batch": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "1"],  # default
+    "batch_1score": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "1",
+                     "--score-threads", "1"],
+    "batch_h11": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "1",
+                  "--http", "h11", "--loop", "asyncio"],
     "batch_nowait": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "2", "--max-wait-ms", "0"],
     "batch_1worker": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1", "--max-wait-ms", "1"],
     "batch_1worker_2threads": ["--batch-mode", "batch", "--max-batch", "32", "--workers", "1", "--max-wait-ms", "1",

@@ -224,6 +224,13 @@ class Job:
     queued: float = 0.0  # loop.time() when submitted
 
 
+def _set_torch_threads(count: int | None) -> None:
+    if count:
+        import torch
+
+        torch.set_num_threads(int(count))
+
+
 class Closed(RuntimeError):
     """The worker was replaced by a reload; resubmit to the current one."""
 
@@ -232,14 +239,18 @@ class Worker:
     """One loaded bundle: a Recommender, its threads, and the batcher that feeds them."""
 
     def __init__(self, arm: str, bundle_dir: Path, rec: Recommender, metrics: Metrics, *, max_batch: int,
-                 max_wait_ms: float, batch_mode: str, threads: int = 1, split_min: int = 0):
+                 max_wait_ms: float, batch_mode: str, threads: int = 1, split_min: int = 0,
+                 torch_threads: int | None = None):
         self.arm, self.bundle_dir, self.rec, self.metrics = arm, Path(bundle_dir), rec, metrics
         self.bundle = self.bundle_dir.name
         self.max_batch, self.max_wait = max(1, int(max_batch)), max(0.0, max_wait_ms) / 1e3
         self.batch_mode = batch_mode
         self.threads = max(1, int(threads))  # batches answered at once (Recommender is thread-safe)
         self.split_min = max(0, int(split_min))  # > 0: a batch of >= 2 * split_min users is split over free threads
-        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"rec-{arm}")
+        # each thread sets torch's (MKL's) intra-op thread count itself: a new thread's first products otherwise run
+        # with MKL's default count, which splits small products differently and changes their rounding
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"rec-{arm}",
+                                           initializer=_set_torch_threads, initargs=(torch_threads,))
         self._stats_lock = threading.Lock()
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
@@ -320,6 +331,7 @@ class Worker:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         self.executor.shutdown(wait=False)
+        self.rec.close()
 
     async def _dispatch(self, jobs: list[Job], slots: asyncio.Semaphore) -> None:
         try:
@@ -394,6 +406,8 @@ class Service:
         max_batch, max_wait_ms, batch_mode: the batcher (see the module docstring).
         num_threads: torch intra-op threads (None: leave as is).
         workers: threads per bundle answering batches at once (Recommender is thread-safe).
+        score_threads: threads that score one batch's catalogue together (the answering thread plus
+            ``score_threads - 1`` helpers taking chunks of the item table; ``Recommender._exact_batch``).
         freeze_gc: after each (re)load, collect once and ``gc.freeze()`` what is alive. Python's full
             collection walks every tracked object — ~230k once torch, FastAPI and a bundle are imported,
             163 ms measured on the 2-core box, all threads stopped — and one now and then lands in the latency
@@ -405,12 +419,13 @@ class Service:
     def __init__(self, resolver: Resolver, *, model_name: str = DEFAULT_MODEL_NAME,
                  exposure_log: str | Path | None = None, poll_s: float = 2.0, max_batch: int = 32,
                  max_wait_ms: float = 1.0, batch_mode: str = "batch", num_threads: int | None = 1,
-                 workers: int = 2, freeze_gc: bool = True, split_min: int = 0):
+                 workers: int = 2, freeze_gc: bool = True, split_min: int = 0, score_threads: int = 2):
         if batch_mode not in ("batch", "loop"):
             raise ValueError(f"batch_mode must be 'batch' or 'loop', got {batch_mode!r}")
         self.resolver, self.model_name, self.poll_s = resolver, model_name, poll_s
         self.max_batch, self.max_wait_ms, self.batch_mode = max_batch, max_wait_ms, batch_mode
         self.num_threads, self.workers, self.split_min = num_threads, workers, split_min
+        self.score_threads = max(1, int(score_threads))
         self.metrics = Metrics()
         self.served: Served | None = None
         self.last_error: str | None = None
@@ -493,7 +508,7 @@ class Service:
                     rec = await asyncio.to_thread(self._load, Path(path))
                     w = Worker(arm, Path(path), rec, self.metrics, max_batch=self.max_batch,
                                max_wait_ms=self.max_wait_ms, batch_mode=self.batch_mode, threads=self.workers,
-                               split_min=self.split_min)
+                               split_min=self.split_min, torch_threads=self.num_threads)
                     w.start()
                     workers[arm] = w
             except Exception as exc:  # noqa: BLE001 - keep serving what we have; report and retry
@@ -527,7 +542,7 @@ class Service:
             import torch
 
             torch.set_num_threads(int(self.num_threads))
-        rec = Recommender.load(path)
+        rec = Recommender.load(path, score_threads=self.score_threads, max_batch=self.max_batch)
         probe = [str(rec.item_ids[k]) for k in rec.popular[:5]]
         for _ in range(3):
             rec.recommend(probe, None, 10)
@@ -885,10 +900,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-mode", choices=("loop", "batch"), default="batch")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=2, help="threads per bundle answering batches at once")
+    p.add_argument("--score-threads", type=int, default=2,
+                   help="threads scoring one batch's catalogue together (1: the answering thread alone)")
     p.add_argument("--split-min", type=int, default=0,
                    help="split a batch of at least 2x this many users over the free worker threads (0: never)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
                    help="the GIL switch interval (sys.setswitchinterval; Python's default 5 ms)")
+    p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
+                   help="uvicorn's HTTP/1.1 parser (auto: httptools when installed, else h11)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="the event loop (auto: uvloop when installed, else asyncio)")
     p.add_argument("--profile", type=Path, help="cProfile the event loop thread (CPU time), stats to this file "
                                                 "at shutdown (benchmarks/serving_http.py --profile reads them)")
     p.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
@@ -923,7 +944,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         service = Service(resolver, model_name=args.model_name, exposure_log=args.exposure_log,
                           poll_s=args.poll_s, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                           batch_mode=args.batch_mode, num_threads=args.threads, workers=args.workers,
-                          freeze_gc=args.freeze_gc, split_min=args.split_min)
+                          freeze_gc=args.freeze_gc, split_min=args.split_min,
+                          score_threads=args.score_threads)
         if args.profile is not None:
             import cProfile
 
@@ -937,7 +959,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         host, port = sock.getsockname()[:2]
         print(f"serve: listening on http://{host}:{port} (model {args.model_name!r})", flush=True)
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-        server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False))
+        server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+                                               http=args.http, loop=args.loop))
         try:
             server.run(sockets=[sock])
         finally:

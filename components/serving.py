@@ -50,8 +50,10 @@ machines and Python versions.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -72,7 +74,7 @@ class Recommender:
     def __init__(self, *, tower, item_emb, item_ids: np.ndarray, item_category: np.ndarray,
                  train_count: np.ndarray, profile_fields: list[str], profile_values: dict[str, list[str]],
                  max_len: int, exclude_history: bool, manifest: dict[str, Any] | None = None,
-                 index=None, row_items: np.ndarray | None = None):
+                 index=None, row_items: np.ndarray | None = None, score_threads: int = 1):
         import torch
 
         self.tower = tower
@@ -94,6 +96,11 @@ class Recommender:
         self.stats = {"requests": 0, "unknown_items": 0, "unknown_profile_values": 0, "fallbacks": 0}
         self._lock = threading.Lock()  # guards stats and _packed
         self._packed: dict[int, Any] = {}  # rows -> MKL-packed item table, or None where packing is unusable
+        # the fused batch path (_exact_batch): query rows -> chunked product verified bit-equal to the batched one
+        self._chunk_ok: dict[int, bool] = {}
+        self._tls = threading.local()  # per-thread scratch buffers of _exact_batch (no allocation per request)
+        self.score_threads = max(1, int(score_threads))
+        self._helpers = None  # ThreadPoolExecutor(score_threads - 1), made on first use
 
     @property
     def num_items(self) -> int:
@@ -102,7 +109,7 @@ class Recommender:
     # --------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, bundle_dir: str | Path, *, use_index: bool = False, backend: str = "torch",
-             onnx_threads: int | None = None) -> "Recommender":
+             onnx_threads: int | None = None, score_threads: int = 1, max_batch: int = 32) -> "Recommender":
         """Load a bundle folder (format 2, see :mod:`components.bundle`), verified first.
 
         Args:
@@ -111,6 +118,8 @@ class Recommender:
             backend: "torch" (the model rebuilt from the project's classes + safetensors weights) or "onnx"
                 (``user_tower.onnx`` in ONNX Runtime).
             onnx_threads: ONNX Runtime intra-op threads; None = ``torch.get_num_threads()``.
+            score_threads: threads that score one batch's catalogue together (see :meth:`_exact_batch`).
+            max_batch: the warm-up verifies the fused batch product for batches of up to this many users.
         Raises:
             DataError: an unknown format, a missing, unexpected, truncated or altered file (named), or a
                 file that does not parse as its data format.
@@ -151,10 +160,10 @@ class Recommender:
                   profile_fields=list(vocab.get("profile_fields", [])),
                   profile_values=dict(vocab.get("profile_values", {})), max_len=int(manifest["max_len"]),
                   exclude_history=bool(manifest.get("exclude_history", True)), manifest=manifest,
-                  index=index, row_items=row_items)
+                  index=index, row_items=row_items, score_threads=score_threads)
         rec.backend = backend
         if index is None:
-            rec.warm_up()
+            rec.warm_up(max_batch=max_batch)
         return rec
 
     # ------------------------------------------------------------------------------------------- requests
@@ -209,6 +218,10 @@ class Recommender:
             if len(live) == 1 and lam == 0 and self.index is None:
                 scores, items = self._exact_one(interests[0], imask[0], hists[0], n)
                 results[live[0]] = [(str(self.item_ids[i]), s) for s, i in zip(scores, items)]
+                return results  # type: ignore[return-value]
+            if lam == 0 and self.index is None and self._fused_ok(interests.shape[0] * interests.shape[1]):
+                for j, (vals, idx) in zip(live, self._exact_batch(interests, imask, hists, n)):
+                    results[j] = [(str(self.item_ids[i]), s) for s, i in zip(vals, idx)]
                 return results  # type: ignore[return-value]
             exclude = pad_exclusions(hists) if self.exclude_history else None
             if self.index is not None and lam == 0:
@@ -269,9 +282,129 @@ class Recommender:
             out = torch.ops.mkl._mkl_linear(v, packed, self.item_emb, None, rows)
         return out  # (rows, N); the caller keeps its K rows
 
-    def warm_up(self, num_interests: int | None = None) -> None:
-        """Pack the item table for ``num_interests`` rows (default: the tower's K) and run the tower once,
-        so the first request does not pay for packing or the tower's first-call allocations."""
+    # ------------------------------------------------------------------------------ batch exact path (fused)
+    def _exact_batch(self, interests, interest_mask, histories: list[list[int]], n: int
+                     ) -> list[tuple[list[float], list[int]]]:
+        """Exact merged top-``n`` of a batch: :func:`components.retrieval.topn`'s answer, computed without
+        materialising the (B·K, N) score block.
+
+        :func:`~components.retrieval.topn` multiplies all B·K interests with the whole table at once: a
+        (B·K, N) float block (12.8 MB for 8 users at 100k items, freshly allocated, page-faulted and written to
+        memory), then reads it back for the max over K and again for ``torch.topk``. Here the catalogue is
+        walked in chunks of ``_CHUNK`` items: the (B·K, chunk) product lands in a per-thread scratch buffer
+        that stays in L2, its max over K goes straight into a reused (B, N) buffer, and the top-n is taken
+        from that by the block threshold of :func:`block_topn` (vectorised over the batch). Measured on
+        the 100k-item bundle, one thread: 8 users 10.8 ms instead of 18.8 ms, 32 users 34 ms instead of
+        121 ms (thread CPU).
+
+        Identity: every score is the same MKL matrix-matrix micro-kernel's dot product over D, whichever
+        chunk or batch it is computed in — checked at load on probe vectors for each query-row count
+        (:meth:`_fused_ok`; the plain path is used if any bit differs), and tested against
+        :func:`~components.retrieval.topn`. Ties are ordered as :func:`~components.retrieval.stable_topk`
+        does (score desc, index asc).
+
+        With ``score_threads`` > 1 helper threads take chunks from the same counter as the calling thread
+        (work-sharing: a helper busy with another batch takes none, so no batch waits for another's work);
+        each chunk writes its own columns of the (B, N) buffer, so the answer does not depend on who scored
+        which chunk.
+        """
+        import torch
+
+        out: list[tuple[list[float], list[int]]] = []
+        step = max(1, _FUSED_MAX_USERS)
+        for start in range(0, interests.shape[0], step):
+            out += self._exact_group(interests[start:start + step], interest_mask[start:start + step],
+                                     histories[start:start + step], n)
+        return out
+
+    def _exact_group(self, interests, interest_mask, histories, n):
+        import torch
+
+        b, k, d = interests.shape
+        size = self.item_emb.shape[0]
+        q = interests.reshape(b * k, d).float().contiguous()
+        rows = max(b * k, _MIN_ROWS)
+        if rows > b * k:  # too few rows send MKL to another kernel (see _scores): pad with zero rows
+            q = torch.cat([q, q.new_zeros(rows - b * k, d)])
+        best = self._scratch("best", b * size).view(b, size)
+        masked = None if bool(interest_mask.all()) else (~interest_mask).reshape(-1).nonzero().squeeze(1)
+        chunks = (size + _CHUNK - 1) // _CHUNK
+        counter = itertools.count()  # next() on it is atomic under the GIL: each chunk is taken once
+        emb = self.item_emb
+
+        def work() -> None:
+            buf = self._scratch("chunk", rows * _CHUNK)
+            with torch.no_grad():
+                while (i := next(counter)) < chunks:
+                    lo, hi = i * _CHUNK, min((i + 1) * _CHUNK, size)
+                    scores = buf[: rows * (hi - lo)].view(rows, hi - lo)
+                    torch.matmul(q, emb[lo:hi].T, out=scores)  # eq. (11)'s e_i^T v_u^(k)
+                    if masked is not None:
+                        scores.index_fill_(0, masked, NEG_INF)
+                    torch.amax(scores[: b * k].view(b, k, hi - lo), dim=1, out=best[:, lo:hi])  # max over k
+
+        helpers = []
+        if self.score_threads > 1 and chunks > 1:
+            pool = self._helper_pool()
+            helpers = [pool.submit(work) for _ in range(self.score_threads - 1)]
+        work()
+        for h in helpers:
+            if not h.cancel():  # not started: it never will; started: it is finishing one of our chunks
+                h.result()
+        best[:, 0] = NEG_INF  # padding
+        if self.exclude_history:
+            for row, hist in enumerate(histories):
+                if hist:
+                    best[row, hist] = NEG_INF
+        return batch_topn(best, n)
+
+    def _scratch(self, name: str, numel: int):
+        """A float32 buffer of ``numel`` elements owned by the calling thread (grown, never shrunk)."""
+        import torch
+
+        buf = getattr(self._tls, name, None)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), dtype=torch.float32)
+            setattr(self._tls, name, buf)
+        return buf[:numel]
+
+    def close(self) -> None:
+        """Stop the scoring helper threads (a replaced bundle); later batches are scored by the caller alone."""
+        with self._lock:
+            pool, self._helpers, self.score_threads = self._helpers, None, 1
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def _helper_pool(self):
+        if self._helpers is None:
+            import torch
+
+            with self._lock:
+                if self._helpers is None:
+                    # the helpers run MKL with the creating thread's intra-op thread count: a new thread's first
+                    # products otherwise use MKL's default (all cores), which splits small products differently
+                    # and changes their rounding (measured: 6-row products off by 1 ulp against the batch)
+                    self._helpers = ThreadPoolExecutor(self.score_threads - 1, thread_name_prefix="rec-score",
+                                                       initializer=torch.set_num_threads,
+                                                       initargs=(torch.get_num_threads(),))
+        return self._helpers
+
+    def _fused_ok(self, rows: int) -> bool:
+        """Whether the chunked product for ``rows`` query rows is bit-equal to the batched one (checked once
+        per row count, under the lock; False for a non-float32 table)."""
+        rows = max(rows, _MIN_ROWS)
+        ok = self._chunk_ok.get(rows)
+        if ok is None:
+            with self._lock:
+                if rows not in self._chunk_ok:
+                    self._chunk_ok.update(check_chunked_product(self.item_emb, [rows]))
+                ok = self._chunk_ok[rows]
+        return ok
+
+    def warm_up(self, num_interests: int | None = None, max_batch: int = 32) -> None:
+        """Pack the item table for ``num_interests`` rows (default: the tower's K), run the tower once, and
+        verify the fused batch product for batches of 2..``max_batch`` users, so the first request does not
+        pay for packing, checks or the tower's first-call allocations."""
         import torch
 
         from components.retrieval import pad_histories
@@ -283,7 +416,13 @@ class Recommender:
         with torch.no_grad():
             for _ in range(3):
                 interests, _ = self.tower(history, mask, prof)
-        self._packed_table(max(int(num_interests or interests.shape[1]), _MIN_ROWS))
+        k = int(num_interests or interests.shape[1])
+        self._packed_table(max(k, _MIN_ROWS))
+        want = sorted({max(b * k, _MIN_ROWS) for b in range(2, max(2, int(max_batch)) + 1)} - set(self._chunk_ok))
+        if want:
+            checked = check_chunked_product(self.item_emb, want)
+            with self._lock:
+                self._chunk_ok.update(checked)
 
     def _packed_table(self, rows: int):
         """The item table packed for ``rows`` query rows (made once, under the lock), or None."""
@@ -355,6 +494,8 @@ _MIN_ROWS = 4  # the single-user score block is padded to at least this many row
 # MKL's packed buffer reserves ~10x the table in address space (only ~1x is touched: +25 MB RSS for a
 # 25.6 MB table); above 256 MB of table (1M items at D = 64) packing is skipped — use the index path there.
 _PACK_MAX_BYTES = 1 << 28
+_CHUNK = 8192  # items per chunk of the fused batch product (Recommender._exact_group): (rows, chunk) stays in L2
+_FUSED_MAX_USERS = 64  # users per fused group: bounds the (users, N) buffer (25.6 MB at 100k items)
 
 
 def block_topn(scores, n: int):
@@ -388,6 +529,84 @@ def block_topn(scores, n: int):
     vals = s[cand]
     order = np.argsort(-vals, kind="stable")[:n]  # stable: lower index first on ties
     return vals[order], cand[order]
+
+
+def batch_topn(best, n: int) -> list[tuple[list[float], list[int]]]:
+    """:func:`block_topn` for every row of a (B, N) float32 tensor at once: per row the exact top-``n``
+    (score desc, index asc), -inf entries and index 0 dropped, as (values, indices) lists.
+
+    The same threshold argument as :func:`block_topn`, per row: the n-th largest of the row's block maxima
+    (blocks of ``_BLOCK``) is a lower bound of its n-th largest score; all candidates of the batch are found
+    with one comparison and sorted with one ``np.lexsort`` by (row, -score, index).
+    """
+    import torch
+
+    b, size = best.shape
+    n = min(n, size)
+    if b == 0 or n < 1:
+        return [([], []) for _ in range(b)]
+    blocks = size // _BLOCK
+    if blocks >= n:
+        bm = best[:, : blocks * _BLOCK].view(b, blocks, _BLOCK).amax(dim=2)
+        if blocks * _BLOCK < size:  # the tail is a block of its own
+            bm = torch.cat([bm, best[:, blocks * _BLOCK:].amax(dim=1, keepdim=True)], dim=1)
+        t = torch.kthvalue(bm, bm.shape[1] - n + 1, dim=1).values  # (B,) n-th largest block maximum
+        cand = (best >= t.unsqueeze(1)).nonzero().numpy()  # (M, 2) row-major: rows, then ascending index
+        r, c = cand[:, 0], cand[:, 1]
+    else:
+        r, c = np.divmod(np.arange(b * size), size)
+    s = best.numpy()[r, c]
+    order = np.lexsort((c, -s, r))  # by row, then score desc, then index asc (the stable_topk tie rule)
+    r, c, s = r[order], c[order], s[order]
+    starts = np.searchsorted(r, np.arange(b + 1))
+    out = []
+    for row in range(b):
+        lo = starts[row]
+        hi = min(starts[row + 1], lo + n)
+        vals, idx = s[lo:hi], c[lo:hi]
+        keep = (vals != NEG_INF) & (idx != 0)
+        out.append((vals[keep].tolist(), idx[keep].tolist()))
+    return out
+
+
+def check_chunked_product(item_emb, row_counts) -> dict[int, bool]:
+    """For each query-row count: is the fused path's chunked product (``_CHUNK`` items at a time, into a
+    scratch buffer) bit-equal to the rows of one batched ``torch.matmul`` as evaluate computes it?
+
+    Probe vectors (fixed seed, plus rows of the table itself) through both; False for every count if the
+    table is not a 2-D float32 tensor. The reference is a product of at least 64 rows (evaluate scores
+    users in large batches).
+    """
+    import torch
+
+    counts = sorted(set(int(r) for r in row_counts))
+    if item_emb.dtype != torch.float32 or item_emb.dim() != 2 or not counts:
+        return {r: False for r in counts}
+    size, dim = item_emb.shape
+    gen = torch.Generator().manual_seed(1)
+    scale = float(item_emb.abs().mean()) or 1.0
+    top = max(64, max(counts))
+    probe = torch.randn(top, dim, generator=gen) / scale
+    probe[: min(16, top)] = item_emb[torch.arange(min(16, top)) % max(size, 1)]
+    out: dict[int, bool] = {}
+    # the reference over the whole catalogue at once where it fits in 512 MB, else in slabs of 64 chunks
+    slab = max(1, size if top * size <= (1 << 27) else _CHUNK * 64)
+    with torch.no_grad():
+        for lo_slab in range(0, size, slab):
+            hi_slab = min(lo_slab + slab, size)
+            ref = torch.matmul(probe.unsqueeze(0), item_emb[lo_slab:hi_slab].T)[0]  # (top, slab), one batch
+            for rows in counts:
+                if out.get(rows) is False:
+                    continue
+                buf = torch.empty(rows * _CHUNK)
+                ok = True
+                for lo in range(lo_slab, hi_slab, _CHUNK):
+                    hi = min(lo + _CHUNK, size)
+                    got = buf[: rows * (hi - lo)].view(rows, hi - lo)
+                    torch.matmul(probe[:rows], item_emb[lo:hi].T, out=got)
+                    ok = ok and torch.equal(got, ref[:rows, lo - lo_slab: hi - lo_slab])
+                out[rows] = ok
+    return {r: out.get(r, True) for r in counts}
 
 
 def pack_item_table(item_emb, rows: int):

@@ -74,12 +74,13 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
-@pytest.mark.parametrize("batch_mode,split_min", [("loop", 0), ("batch", 0), ("batch", 2)])
-def test_lists_equal_evaluate_over_http(bundles, batch_mode, split_min):
+@pytest.mark.parametrize("batch_mode,split_min,score_threads", [("loop", 0, 2), ("batch", 0, 2), ("batch", 2, 2),
+                                                                ("batch", 0, 1)])
+def test_lists_equal_evaluate_over_http(bundles, batch_mode, split_min, score_threads):
     users = bundles["users"]
     want, want_div = _expected(bundles, "a"), _expected(bundles, "a_div")
     with _served(Service(fixed_bundle(bundles["a"]), batch_mode=batch_mode, poll_s=0, split_min=split_min,
-                         max_wait_ms=5.0)) as url:
+                         max_wait_ms=5.0, score_threads=score_threads)) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             _wait_ready(client)
             assert gc.get_freeze_count() > 0  # loaded objects are out of the cyclic collector's way

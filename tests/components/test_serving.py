@@ -228,3 +228,141 @@ def test_single_request_path_equals_batch_retrieval_on_a_larger_catalogue(bundle
         ref_s, ref_i = topn(v.unsqueeze(0), m.unsqueeze(0), emb, 50, pad_exclusions([hist]))
         assert i == ref_i[0].tolist() and s == ref_s[0].tolist()
         assert not set(i) & set(hist)
+
+
+# ------------------------------------------------------------------------------------ fused batch path
+@pytest.fixture
+def one_torch_thread():
+    """The service runs torch with one intra-op thread (--threads 1). With two, MKL splits small products
+    differently and the load-time check (rightly) sends some batch sizes to the plain path instead."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _big_recommender(tower, dim, *, items=20_001, score_threads=1, seed=5, ties=True):
+    """A Recommender over a random catalogue spanning several scoring chunks (with duplicated rows: ties)."""
+    import torch
+
+    from components import serving as S
+
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randn(items, dim, generator=gen)
+    if ties:  # every 7th item duplicates item 3: equal scores for every user, broken by the lower index
+        emb[torch.arange(10, items, 7)] = emb[3].clone()
+    emb[0] = 0
+    assert items > 2 * S._CHUNK  # the product walks several chunks
+    ids = np.array([""] + [f"x{i}" for i in range(1, items)], dtype=object)
+    return S.Recommender(tower=tower, item_emb=emb, item_ids=ids, item_category=np.zeros(items, np.int64),
+                         train_count=np.ones(items, np.int64), profile_fields=[], profile_values={}, max_len=8,
+                         exclude_history=True, score_threads=score_threads), gen
+
+
+@pytest.mark.parametrize("score_threads", [1, 2, 3])
+def test_fused_batch_path_equals_topn_bit_for_bit(bundle, score_threads, one_torch_thread):
+    """_exact_batch (chunked product into scratch buffers, max over K, batched block threshold; catalogue
+    chunks shared among score_threads threads) gives exactly components.retrieval.topn's scores and items,
+    with masked interests, history exclusions, ties, several chunks and more users than one fused group."""
+    import torch
+
+    from components import serving as S
+    from components.retrieval import pad_exclusions, topn
+
+    rec = Recommender.load(bundle["bundle"])
+    dim = rec.item_emb.shape[1]
+    big, gen = _big_recommender(rec.tower, dim, score_threads=score_threads)
+    for users in (2, 5, 17, S._FUSED_MAX_USERS + 6):
+        for k in (1, 3):
+            v = torch.randn(users, k, dim, generator=gen)
+            m = torch.rand(users, k, generator=gen) > 0.3
+            m[:, 0] = True
+            hists = [torch.randint(1, 20_001, (j % 40,), generator=gen).tolist() for j in range(users)]
+            hists[0] = [3]  # the tied item itself is excluded, its copies are not
+            assert big._fused_ok(users * k)
+            got = big._exact_batch(v, m, hists, 50)
+            ref_s, ref_i = topn(v, m, big.item_emb, 50, pad_exclusions(hists))
+            for j in range(users):
+                assert got[j][1] == ref_i[j].tolist(), (users, k, j)
+                assert got[j][0] == ref_s[j].tolist()
+                assert not set(got[j][1]) & set(hists[j])
+    big.close()
+
+
+def test_batch_topn_equals_stable_topk_row_by_row():
+    import torch
+
+    from components.retrieval import stable_topk
+    from components.serving import batch_topn
+
+    gen = torch.Generator().manual_seed(1)
+    for size in (1, 7, 300, 5000, 20_000):
+        s = torch.randn(6, size, generator=gen)
+        s[1] = torch.round(s[1] * 3) / 3  # ties everywhere, also at the boundary
+        s[2, torch.randperm(size, generator=gen)[: size // 2]] = float("-inf")  # half excluded
+        s[3] = float("-inf")  # nothing left: an empty list (-inf entries are dropped)
+        s[4] = 0.0  # all tied: the lowest indices (0, the padding, dropped)
+        for n in (1, 5, 50, 400):
+            got = batch_topn(s, n)
+            want_v, want_i = stable_topk(s, n)
+            for row in range(6):
+                keep = [(v, i) for v, i in zip(want_v[row].tolist(), want_i[row].tolist())
+                        if v != float("-inf") and i != 0]
+                assert list(zip(*got[row])) == keep, (size, n, row)
+
+
+def test_fused_product_check_and_fallback(bundle, one_torch_thread):
+    """check_chunked_product: True for a float32 table (this MKL), False for float64; where it says False
+    recommend_batch takes the plain retrieval path with the same answer."""
+    import torch
+
+    from components.serving import check_chunked_product
+
+    emb = torch.randn(9000, 16)
+    assert all(check_chunked_product(emb, [4, 8, 64, 128]).values())
+    assert check_chunked_product(emb.double(), [4]) == {4: False}
+    rec = Recommender.load(bundle["bundle"])
+    assert rec._chunk_ok and all(rec._chunk_ok.values())  # warmed up for batches of 2..32 users
+    users = _users(bundle["split"])
+    hists, profs = [h for _, h, _ in users], [p for _, _, p in users]
+    fused = rec.recommend_batch(hists, profs, 20)
+    rec._chunk_ok = {r: False for r in range(1, 4 * len(users) + 4)}  # as if the check had failed
+    assert rec.recommend_batch(hists, profs, 20) == fused
+
+
+def test_fused_path_is_thread_safe_with_helpers(bundle, one_torch_thread):
+    """Several threads answering batches at once, each sharing chunks with the helper threads: every answer
+    equals the one computed alone."""
+    import threading
+
+    import torch
+
+    gen0 = torch.Generator().manual_seed(11)
+    proj = torch.randn(20_001, 3 * 8, generator=gen0)
+
+    def tower(history, mask, profile):  # a stand-in user tower over the 20k-item catalogue: 3 interests, D = 8
+        v = (proj[history] * mask.unsqueeze(-1)).sum(1).view(-1, 3, 8)
+        return v, torch.ones(v.shape[:2], dtype=torch.bool)
+
+    big, gen = _big_recommender(tower, 8, score_threads=2, seed=9)
+    assert all(big._fused_ok(rows) for rows in range(4, 4 * 7, 1))
+    batches = [[[f"x{int(i)}" for i in torch.randint(1, 20_001, (3 + b,), generator=gen)] for _ in range(2 + b % 5)]
+               for b in range(24)]
+    alone = [big.recommend_batch(h, None, 30) for h in batches]
+    got: dict[int, list] = {}
+
+    def run(t):
+        torch.set_num_threads(1)  # as the service's worker threads do (their executor's initializer)
+        for b in range(t, len(batches), 4):
+            got[b] = big.recommend_batch(batches[b], None, 30)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[b] for b in range(len(batches))] == alone
+    big.close()
+    assert big.recommend_batch(batches[0], None, 30) == alone[0]  # after close: scored by the caller alone
