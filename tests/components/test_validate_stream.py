@@ -107,9 +107,9 @@ def test_bad_value_in_a_later_chunk_is_named_with_its_row_and_column(tmp_path):
     line = next(x for x in summary.splitlines() if "expect_column_values_to_be_between" in x)
     assert "column='timestamp'" in line
     assert re.search(r"2 of 120 rows unexpected .*e\.g\. 7, 42 \(rows 104, 110\)", line), line
-    # every chunk's GX validation is in Data Docs, named by its rows
+    # Data Docs hold the first chunk's GX validation and every failing chunk's, named by their rows
     runs = {p.name for p in (tmp_path / "validation" / "docs" / "validations" / "interactions").iterdir()}
-    assert runs == {"rows_0-49", "rows_50-99", "rows_100-119"}
+    assert runs == {"rows_0-49", "rows_100-119"}
 
 
 def test_result_json_has_the_same_shape_as_a_single_batch_run(tmp_path):
@@ -138,7 +138,7 @@ def test_result_json_has_the_same_shape_as_a_single_batch_run(tmp_path):
 
 def test_hash_collisions_only_add_candidates_gx_decides(tmp_path, monkeypatch):
     """Every row hashing alike makes every row a duplicate candidate; GX still counts exactly the copies."""
-    monkeypatch.setattr(validate, "_row_hash", lambda table: np.zeros(table.num_rows, np.uint64))
+    monkeypatch.setattr(validate, "_row_hash", lambda table, *a: np.zeros(table.num_rows, np.uint64))
     frames = good_frames()
     frames["interactions"] = _dup_last(frames["interactions"])
     _, got, _ = streamed(frames, CFG, tmp_path)
@@ -147,17 +147,37 @@ def test_hash_collisions_only_add_candidates_gx_decides(tmp_path, monkeypatch):
     assert got[("interactions", validate.DUPLICATES, None)][:3] == (True, 120, 0)
 
 
-def test_string_hash_equal_strings_equal_hashes():
-    words = ["", "a", "b", "ab", "ba", "abc", None, "a", "ab", "héllo", None]
-    h = validate._string_hash(pa.array(words))
+WORDS = ["", "a", "b", "ab", "ba", "abc", None, "a", "ab", "héllo", None, "1234567", "12345678",
+         "a much longer identifier", "a much longer identifier", "1234567", "7654321"]
+
+
+@pytest.mark.parametrize("fn", ["_string_hash", "_column_hash"])
+def test_string_hash_equal_strings_equal_hashes(fn):
+    h = getattr(validate, fn)(pa.array(WORDS))
     by_word = {}
-    for w, v in zip(words, h.tolist()):
+    for w, v in zip(WORDS, h.tolist()):
         by_word.setdefault(w, set()).add(v)
     assert all(len(v) == 1 for v in by_word.values())  # equal (and null) values hash alike
     assert len({next(iter(v)) for v in by_word.values()}) == len(by_word)  # these distinct ones differ
-    # a sliced array (non-zero offset) hashes its own values
-    sliced = validate._string_hash(pa.array(words).slice(3, 4))
-    assert sliced.tolist() == h[3:7].tolist()
-    # a dictionary-encoded column hashes like the plain strings
-    col = validate._column_hash(pa.chunked_array([pa.array(words)]))
-    assert col.tolist() == h.tolist()
+    # a value hashes the same in any chunk: a slice (non-zero offset) hashes its own rows alike
+    sliced = getattr(validate, fn)(pa.array(WORDS).slice(3, 11))
+    assert sliced.tolist() == h[3:14].tolist()
+
+
+def test_short_strings_pack_exactly_and_unpack():
+    arr = pa.array(["", "a", "1234567", "ab", "héllo", "12345678"], pa.large_string())
+    packed, short = validate._short_strings(arr)
+    assert short.tolist() == [True, True, True, True, True, False]  # "héllo" is 6 bytes, the last 8
+    assert validate._unpack_short(packed[short]).to_pylist() == ["", "a", "1234567", "ab", "héllo"]
+
+
+def test_distinct_ids_over_chunks_match_pyarrow_unique():
+    acc = validate._Distinct()
+    chunks = [["u1", "u2", None, "a long user identifier"], ["u2", "u3", "a long user identifier", "x" * 7]]
+    for c in chunks:
+        acc.add(pa.array(c), pd.Series(c, dtype="str"))
+    got = sorted(acc.values().to_pylist())
+    assert got == sorted({v for c in chunks for v in c if v is not None})
+    wrong = validate._Distinct()  # a wrongly typed key column is compared as text
+    wrong.add(pa.array([5001, 5002, 5001]), pd.Series([5001, 5002, 5001]))
+    assert sorted(wrong.values().to_pylist()) == ["5001", "5002"]
