@@ -165,8 +165,8 @@ def _read_canonical(data_dir: Path) -> dict[str, Any]:
     if "user_id" not in users.column_names:
         raise DataError(f"missing required column(s) ['user_id']; found {users.column_names}",
                         path=users_path, column="user_id")
-    inter = read_table(inter_path, ["user_id", "item_id", "timestamp"])
-    if inter.num_rows == 0:
+    inter_file = _interactions_file(inter_path)
+    if inter_file.metadata.num_rows == 0:
         raise DataError("no interactions (empty table)", path=inter_path)
 
     item_ids = _string_column(items, "item_id", items_path).combine_chunks()
@@ -182,6 +182,51 @@ def _read_canonical(data_dir: Path) -> dict[str, Any]:
     profile = {f: _strings(users, f, users_path).combine_chunks()
                for f in users.column_names if f != "user_id"}
 
+    # Interactions are read and encoded in chunks of rows: the id strings of the whole table (~3 GB at 100M
+    # rows) are never held at once, only their int32 positions. A chunk that fails a check re-reads the
+    # whole table through the same checks, so the error (counts, first rows) is the whole table's.
+    args = (item_ids, user_ids, inter_path, items_path, users_path)
+    parts = []
+    try:
+        for batch in inter_file.iter_batches(batch_size=READ_CHUNK_ROWS, columns=INTERACTION_COLUMNS):
+            parts.append(_encode_interactions(pa.Table.from_batches([batch]), *args))
+    except DataError:
+        parts = None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable parquet file ({exc})", path=inter_path) from None
+    if parts is None:
+        _encode_interactions(read_table(inter_path, INTERACTION_COLUMNS), *args)  # raises the table's error
+        raise AssertionError("a chunk failed a check the whole table passes")
+    user_raw, item_raw, timestamp = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    del parts
+    return dict(user_raw=user_raw, item_raw=item_raw, timestamp=timestamp, item_ids=item_ids,
+                category=category, user_ids=user_ids, profile=profile)
+
+
+READ_CHUNK_ROWS = 8_000_000
+INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp"]
+
+
+def _interactions_file(path: Path):
+    """The interactions parquet file, checked to be readable and to hold :data:`INTERACTION_COLUMNS`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.io import _check_parquet
+
+    _check_parquet(path, INTERACTION_COLUMNS)
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable parquet file ({exc})", path=path) from None
+
+
+def _encode_interactions(inter, item_ids, user_ids, inter_path: Path, items_path: Path, users_path: Path):
+    """(user positions int32, item positions int32, timestamps int64) of an interactions table (or chunk);
+    DataError for a mistyped or null timestamp, a null id or an id missing from items/users."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     ts = inter.column("timestamp")
     if not pa.types.is_integer(ts.type):
         raise DataError(f"expected int64 seconds, got {ts.type}", path=inter_path, column="timestamp",
@@ -194,9 +239,7 @@ def _read_canonical(data_dir: Path) -> dict[str, Any]:
                        items_path)
     user_raw = _encode(_string_column(inter, "user_id", inter_path), user_ids, "user_id", inter_path,
                        users_path)
-    timestamp = ts.to_numpy().astype(np.int64, copy=False)
-    return dict(user_raw=user_raw, item_raw=item_raw, timestamp=timestamp, item_ids=item_ids,
-                category=category, user_ids=user_ids, profile=profile)
+    return user_raw, item_raw, ts.to_numpy().astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------- the core

@@ -557,3 +557,29 @@ def test_one_fold_is_exactly_the_ratio_split(tmp_path, logged):
     assert "folds" not in logged["stats"]
     code = assign_users(len(logged["users"]), (0.8, 0.1, 0.1), seed=7)
     assert [r["split"] for r in logged["users"]] == [("train", "valid", "test")[c] for c in code]
+
+
+# ------------------------------------------------------------------------------ interactions read in chunks
+
+def test_chunked_read_gives_byte_identical_outputs(tmp_path, logged, monkeypatch):
+    """Interactions encoded in chunks of 7 rows (320 rows: 46 chunks) give the same split files."""
+    import components.split as split_module
+
+    monkeypatch.setattr(split_module, "READ_CHUNK_ROWS", 7)
+    run(CFG3, logged["data"], tmp_path / "chunked", seed=7)
+    assert digests(tmp_path / "chunked") == digests(logged["out"])
+
+
+def test_error_in_a_later_chunk_is_reported_for_the_whole_table(good_out, monkeypatch):
+    """Unknown ids in two chunks: one error counting both (the whole table's message), outputs kept."""
+    import components.split as split_module
+
+    data, out, before = good_out
+    items = pq.read_table(data / "interactions.parquet").column("item_id").to_pylist()
+    items[-1], items[-20] = "ghost", "phantom"
+    rewrite(data / "interactions.parquet", item_id=pa.array(items))
+    monkeypatch.setattr(split_module, "READ_CHUNK_ROWS", 10)
+    with pytest.raises(DataError, match=r"2 id\(s\) not found in .*items.parquet") as info:
+        run(CFG3, data, out, seed=1)
+    assert {"ghost", "phantom"} <= set(str(info.value).replace("'", " ").split())
+    assert digests(out) == before
