@@ -7,7 +7,8 @@ Synthetic data with planted interests (components.synthetic through ``ingest``),
    RSS from ``os.wait4``'s ``ru_maxrss``; the commands from :func:`data_path.data_steps`).
 2. ``sample``: an evaluation view of the split (in this process): train.parquet and the side tables linked,
    ``test.parquet`` reduced to ``--test-users`` (10,000) sampled test users and ``valid.parquet`` to
-   ``--valid-users`` (scoring every valid user against 2M items would dominate the run and is not the point).
+   ``--valid-users`` (scoring every valid user against 2M items would dominate the run and is not the point);
+   a second, smaller view (``--index-users``) for build_index, whose recall check is exact search too.
 3. ``train``: a fixed number of steps on the full catalogue. ``components.train`` has no step bound (only
    ``max_epochs``; one epoch of 80M samples is hours here), so this script's ``train-worker`` subcommand
    builds the model, :class:`components.task.RetrievalTask` and :class:`components.train_data.SplitDataModule`
@@ -17,7 +18,7 @@ Synthetic data with planted interests (components.synthetic through ``ingest``),
    the whole subprocess. ``--optimizer`` sets ``train.embedding_optimizer`` (``sparse_adam`` by default).
    The model is saved like components.train saves it, so the next steps read it unchanged.
 4. ``build_index``: ``python -m components.build_index`` (factory ``auto``: IVF over the catalogue, with its
-   recall@50 against exact search on the sampled valid/test users, build time and queries/s).
+   recall@50 against exact search on the index view's users, build time and queries/s).
 5. ``evaluate``: ``python -m components.evaluate`` on the sampled users: exact retrieval over all items and
    the same metrics through the IVF index (``evaluate.faiss_factory`` = the factory build_index chose),
    the gap reported.
@@ -257,6 +258,10 @@ def run_size(name: str, args, params_base: dict) -> dict:
     t0 = time.perf_counter()
     block["sample"] = sample_view(split, view, test_users=args.test_users, valid_users=args.valid_users,
                                   seed=args.seed)
+    # build_index's recall check scores its users' interests exactly against every item: a smaller sample
+    index_view = work / "split_index"
+    block["sample"]["index"] = sample_view(split, index_view, test_users=args.index_users,
+                                           valid_users=args.index_users // 4, seed=args.seed + 1)
     block["sample"]["wall_s"] = round(time.perf_counter() - t0, 1)
 
     py = sys.executable
@@ -268,7 +273,8 @@ def run_size(name: str, args, params_base: dict) -> dict:
     block["train"] = json.loads((models_dir / MODEL / "train.json").read_text())
     block["train"]["skipped"] = bool(args.skip_train)
     if not step("build_index", [py, "-m", "components.build_index", "--params", str(params_path), "--model", MODEL,
-                                "--models-dir", str(models_dir), "--split", str(view), "--out", str(index_dir)]):
+                                "--models-dir", str(models_dir), "--split", str(index_view),
+                                "--out", str(index_dir)]):
         return block
     index = json.loads((index_dir / "index.json").read_text())
     block["index"] = {k: v for k, v in index.items() if not isinstance(v, (dict, list))}
@@ -284,7 +290,7 @@ def run_size(name: str, args, params_base: dict) -> dict:
                          or k.startswith("faiss") or "gap" in k}
     block["completed"] = True
     if not args.keep:
-        for folder in (split, view, validation):
+        for folder in (split, view, index_view, validation):
             shutil.rmtree(folder, ignore_errors=True)
     return block
 
@@ -307,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-train", action="store_true", help="one step only: the model the index/evaluation use")
     p.add_argument("--data-only", action="store_true", help="ingest -> validate -> split only")
     p.add_argument("--test-users", type=int, default=10_000)
-    p.add_argument("--valid-users", type=int, default=1_000)
+    p.add_argument("--valid-users", type=int, default=500)
+    p.add_argument("--index-users", type=int, default=2_000,
+                   help="test users (and a quarter as many valid users) of build_index's recall check")
     p.add_argument("--force", action="store_true", help="re-run sizes already completed in the results file")
     p.add_argument("--keep", action="store_true", help="keep the outputs of each size")
     p.add_argument("--params", type=Path, default=REPO / "params.yaml")

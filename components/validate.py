@@ -38,10 +38,19 @@ Choices the issue leaves open (also in the report):
   and must be ``str``; extra item attributes are not type-checked (CONTRACTS leaves them open).
 - ``category`` non-empty means not null and not matching ``^\\s*$`` (empty or whitespace only).
 
-Scale (50M interactions, 1M users, 200k items; 2 cores): about 95-105 s CPU and 5.5-6 GB peak RSS, of which
-the duplicate-row check (pandas ``duplicated`` inside GX) is about 60 s and the distinct-id tables for the
-foreign keys about 20 s. Two things keep it there: the foreign keys use pyarrow ``unique``/``is_in`` (see
-:func:`_reference_table`), and GX's per-batch md5 fingerprint is skipped (:func:`_no_batch_fingerprint`).
+Scale: ``interactions`` is never held whole. It is read in chunks of :data:`CHUNK_ROWS` rows
+(:func:`_validate_interactions`): GX validates every chunk against the column checks (exist, type, not
+null, range), which are additive over rows, and the chunk results are combined (success when every chunk
+succeeds, counts summed, the first offending values kept, and their global row numbers named in the failure
+summary: a chunk runs with result format SUMMARY, whose index list is bounded by the chunk). The two checks
+that are not additive run on derived batches, still through GX: the row count on a zero-column frame with
+one row per interaction, exact duplicates on the candidate rows found by a streamed 64-bit row hash (equal
+rows hash alike; a collision only adds a candidate that GX then finds unique), the ``mostly`` verdict taken
+over all rows. The foreign-key tables use the distinct ids collected per chunk. Data Docs render the first
+chunk's validation and every failing chunk's (a page costs ~2.5 s). Measured figures:
+benchmarks/results/scale.json (before streaming, 50M interactions took ~95 s CPU and 5.5 GB peak, the
+pandas duplicate check alone ~60 s). GX's per-batch md5 fingerprint is skipped
+(:func:`_no_batch_fingerprint`).
 Data Docs pages load their CSS/JS from public CDNs when opened (GX's templates): offline they are unstyled
 but complete; nothing is fetched while validating.
 """

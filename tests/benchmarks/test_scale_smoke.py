@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
     results = root / "scale.json"
     rc = scale.main(["--sizes", "20k", "--users", "1000", "--items", "2000", "--steps", "3", "--warmup", "1",
-                     "--test-users", "50", "--valid-users", "20", "--work", str(root / "work"),
+                     "--test-users", "50", "--valid-users", "20", "--index-users", "40", "--work", str(root / "work"),
                      "--results", str(results)])
     return rc, json.loads(results.read_text()), root
 
