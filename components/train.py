@@ -112,7 +112,9 @@ class TrainConfig:
     embedding_optimizer: Literal["adam", "sparse_adam"] = "adam"
     """optimizer of the item/category embedding tables: adam = dense gradients and Adam over every row each
     step (cost grows with the catalogue); sparse_adam = sparse gradients, only the rows a step used are read
-    and updated (lazy Adam); every other parameter always uses dense Adam."""
+    and updated (lazy Adam: untouched rows keep their weights and moments); every other parameter always uses
+    dense Adam. sparse_adam needs weight_decay 0 (decay would touch every row each step; refused otherwise).
+    DDP all-reduces the sparse gradients (tested on CPU/gloo only, not yet over NCCL)."""
     compile: bool = False
     """run the user tower through ``torch.compile`` while training (:func:`compile_user_tower`; weights and
     checkpoints unchanged, load without compile); needs a C++ compiler on CPU; the first step compiles."""

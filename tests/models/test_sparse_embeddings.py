@@ -339,3 +339,34 @@ def test_sampler_never_draws_a_zero_probability_item():
     s.probs = torch.tensor([1.0, 0.0], dtype=torch.float64)  # item 2 impossible
     s._cdf = torch.cumsum(s.probs, 0)
     assert (s.sample(10_000, torch.Generator().manual_seed(0)) == 1).all()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_with_sparse_adam(tmp_path):
+    """DDP (CPU, gloo) all-reduces the sparse table gradients: a 2-process run of the train CLI with
+    sparse_adam completes and writes its outputs."""
+    import json
+    import os
+    import subprocess
+
+    import yaml
+
+    split = write_tiny_split(tmp_path / "split", num_users=75, num_items=80, num_categories=5, min_len=5,
+                             max_len=15, seed=5)
+    params = {"seed": 7,
+              "train": {"models": ["m"], "max_len": 5, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
+                        "max_epochs": 2, "batch_size": 16, "num_negatives": 8, "eval_batch_size": 2,
+                        "progress_refresh": 0, "patience": 5, "embedding_optimizer": "sparse_adam"},
+              "models": {"m": {"arch": "mind", "dim": 8, "num_interests": 2, "attention_pow": 2.0}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "models" / "m"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "components.train", "--params", str(tmp_path / "params.yaml"),
+                          "--model", "m", "--split", str(split), "--out", str(out)],
+                         cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = json.loads((out / "train.json").read_text())
+    assert train["world_size"] == 2 and train["epochs"] == 2
+    task = RetrievalTask.load_from_checkpoint(out / "best.ckpt", map_location="cpu")
+    assert task.hparams["embedding_optimizer"] == "sparse_adam"
