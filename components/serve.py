@@ -38,7 +38,11 @@ thread-CPU per user): 5 ms one by one, 2.3 ms in batches of 4, 1.85 ms in batche
 of 16 — one pass over the 25.6 MB item table serves the whole batch. The 1 ms wait is what lets the 8 users
 of concurrency 8 meet in one batch (on a quiet box mean batch 3-4 without it, ~8 with it, and server CPU per
 request 2.9 -> 2.2 ms; on a busy box queues form anyway and the gain shrinks; benchmarks/serving_http.py). ``split_min`` (off by default) splits a big batch over
-the free threads instead; measured, it cost more CPU per user than it saved in latency.
+the free threads instead; measured, it cost more CPU per user than it saved in latency. What pays instead is
+sharing one batch's *scoring* among threads: ``score_threads`` (default 2) threads take 8192-item chunks of
+the catalogue from one counter (``Recommender._exact_batch``), so the batch that holds all 8 users of
+concurrency 8 runs on both cores instead of one (a helper busy with another batch takes no chunks: nothing
+waits for it). uvicorn runs httptools and uvloop when installed (``--http``/``--loop``; the lock has both).
 
 What to serve is a pluggable *resolver*: a function returning a :class:`Resolution` (arm → bundle folder,
 optional :class:`~components.serving.ABSpec`): :func:`fixed_bundle`, :func:`registry_prod` (the registry's

@@ -40,7 +40,15 @@ request), so:
   (blocks of 256 items) is a lower bound of the n-th largest score, so every item of the top-n (ties
   included) scores at least that; only those few dozen candidates are sorted (score desc, index asc —
   the tie rule of :func:`components.retrieval.stable_topk`). Exact, ~0.2 ms instead of ~0.7 ms.
-Batches of users keep :func:`components.retrieval.retrieve` (a batch amortises the table stream anyway).
+Batches of users (λ = 0, no index) take :meth:`Recommender._exact_batch`, the same answer as
+:func:`components.retrieval.topn` bit for bit: the catalogue is walked in chunks of 8192 items (product, max
+over K, into per-thread scratch buffers that stay in cache instead of a fresh (B·K, N) block), the top-n by the
+block threshold for the whole batch at once, and with ``score_threads`` > 1 the chunks are shared with helper
+threads (one batch on both cores of the 2-core box). Thread CPU, 100k items, one thread, same run on a busy
+box: 8 users 13.2 ms instead of 15.7 ms, 16 users 21.8 instead of 27.4, 32 users 33 instead of 58. λ > 0 and
+the index path keep :func:`components.retrieval.retrieve`. Threads that call a Recommender should set
+``torch.set_num_threads`` themselves (the service's threads do): a fresh thread's first MKL products run
+with MKL's default thread count, which splits small products differently and changes their last bit.
 
 :class:`ABSpec` is the A/B experiment spec (``ab.json`` next to the bundles): deterministic bucketing
 ``sha256(salt \\x1f user_id)`` → first 8 bytes big-endian mod ``num_buckets``; buckets below
