@@ -12,8 +12,10 @@ warm-up), p50/p99 latency as the client sees it, and the CPU the server process 
 wall seconds, from psutil; and CPU ms per request, which a busy shared machine inflates far less than
 latency) and the client's own. Configurations compared (the batcher's choices):
 ``batch`` (the service's default: 2 threads per bundle, each answering the requests queued while it was busy,
-up to 32, waiting up to 1 ms for more under load, with one ``recommend_batch``), ``batch_nowait`` (the same
-without the wait: the default before), the same with 1 thread (and with 1 thread of 2 torch threads),
+up to 32, waiting up to 1 ms for more under load, with one ``recommend_batch`` whose catalogue scoring is shared
+by 2 threads, ``--score-threads 2``; uvicorn on httptools + uvloop), ``batch_1score`` (the same, scored by the
+answering thread alone), ``batch_h11`` (the same on uvicorn's pure-Python h11 parser and asyncio's loop),
+``batch_nowait`` (no 1 ms wait), the same with 1 thread (and with 1 thread of 2 torch threads),
 ``loop`` (1 thread, requests taken together but answered by ``recommend`` one by one) and ``none``
 (max_batch = 1: one thread hop per request). ``--before REF`` also runs the service as of commit REF (its
 default flags, ``batch_nowait``) against the same bundle and client, right before the same config here.
