@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="model variants of the catalogue sweep")
     parser.add_argument("--optimizers", default=",".join(EMBEDDING_OPTIMIZERS),
                         help="train.embedding_optimizer values of the catalogue sweep (side by side)")
+    parser.add_argument("--note", default="", help="recorded with this run (e.g. how busy the machine was)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--print", action="store_true", help="print the table of --out and exit")
     parser.add_argument("--plot", action="store_true", help="redraw the PNGs from --out and exit")
@@ -413,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     result["command"] = f".venv/bin/python benchmarks/speed.py --steps {args.steps} --warmup {args.warmup}"
     result.setdefault("runs", []).append({
         "command": "benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "sweeps": sweeps, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        "sweeps": sweeps, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"note": args.note} if args.note else {})})
     result["config"] = {"steps": args.steps, "warmup": args.warmup,
                         "batch_size": params["train"]["batch_size"],
                         "num_negatives": params["train"]["num_negatives"], "sampler": params["train"]["sampler"],
