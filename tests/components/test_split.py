@@ -306,7 +306,9 @@ def test_ties_broken_by_item_id(tmp_path):
 @pytest.mark.parametrize("num_users,num_items,ts_scale", [
     (50, 20, 1000),              # packed raw time offsets
     (50, 20, 2 ** 60),           # time range too wide: packed time ranks
-    (2 ** 44, 2 ** 20, 1000),    # users x ranks x items beyond 64 bits: lexsort
+    (2 ** 44, 2 ** 20, 1000),    # users x ranks x items beyond 64 bits: item prefix + ties by item
+    (2 ** 30, 2 ** 30, 1000),    # same, ties on the item prefix (items differing in the lowest bit)
+    (2 ** 62, 2 ** 20, 1000),    # users x ranks beyond 64 bits: lexsort
 ])
 def test_time_order_paths_match_sorted(num_users, num_items, ts_scale):
     rng = np.random.default_rng(0)
