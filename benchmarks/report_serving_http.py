@@ -66,6 +66,8 @@ def serving_http_section(data: dict[str, Any]) -> list[str]:
            f"- best throughput: **{_cell(best.get('requests_per_s'))} req/s** ({best.get('config')} at concurrency "
            f"{best.get('concurrency')}; target ≥ {_cell(rps_target)}: "
            f"{'met' if data.get('target_rps_met') else 'missed'})"]
+    if data.get("note"):
+        out += [f"- note: {data['note']}"]
     if data.get("timed"):
         out += [f"- timed: {data['timed']}"]
     out += ["- CPU per request (ms): *worker* = the threads answering batches (encoding, user tower, retrieval, "

@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "cProfile (thread CPU clock) and record its split by library (profile overhead "
                              "inflates Python-heavy parts: read it as shares)")
     parser.add_argument("--before-configs", nargs="+", choices=sorted(CONFIGS), default=BEFORE_CONFIGS)
+    parser.add_argument("--note", help="a remark recorded with the results (e.g. how busy the box was)")
     args = parser.parse_args(argv)
     configs = {name: CONFIGS[name] for name in args.configs}
     if args.custom:
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "of --warmup requests at concurrency 8; requests_per_s = requests / wall time of the level; "
                  "CPU from psutil (process, its main thread) and the service's mir_worker_cpu_seconds",
         "client_nice": args.client_nice,
+        **({"note": args.note} if args.note else {}),
         "runs": runs,
         "best": {"config": best[0], "concurrency": int(best[1]), "requests_per_s": best[2]},
         "default_config": "batch",
