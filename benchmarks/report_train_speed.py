@@ -60,9 +60,17 @@ def models_table(rows: dict) -> list[str]:
 
 
 def section(data: dict, img_dir: Path, rel: str, save: Callable, plt_fn: Callable) -> list[str]:
+    return body(data, explain=True)
+
+
+def body(data: dict, explain: bool) -> list[str]:
+    """The section's lines; ``explain`` adds what samples/s times (once per report is enough)."""
     out = []
-    for para in timing_text(_doc()):
-        out += [para, ""]
+    if explain:
+        for para in timing_text(_doc()):
+            out += [para, ""]
+    else:
+        out += ["Timed as in the train_speed section above.", ""]
     machine = data.get("machine", {})
     train = data.get("config", {}).get("train", {})
     out += [f"Run: {machine.get('cpu_count', '?')} cores{', GPUs ' + ', '.join(machine['gpus']) if machine.get('gpus') else ''}, "

@@ -11,4 +11,4 @@ def section(data: dict, img_dir: Path, rel: str, save: Callable, plt_fn: Callabl
     spec = importlib.util.spec_from_file_location("bench_report_train_speed", Path(__file__).with_name("report_train_speed.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.section(data, img_dir, rel, save, plt_fn)
+    return mod.body(data, explain=False)

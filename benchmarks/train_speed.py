@@ -21,9 +21,13 @@ How this relates to the other two throughput figures: ``benchmarks/rechub_speed.
 torch-rechub) times the training *step* alone on pre-gathered batches, without Lightning and batch building,
 so it reads higher than this; ``artifacts/models/<variant>/train.json`` of a ``dvc repro`` is this same
 measurement (same code), for however many epochs early stopping ran, on whatever else the machine was doing
-then. An older copy of this file (recorded 2026-11-22, before fused Adam, the max-based interest selection and
-the allocator setting) said 23,810 samples/s for YouTube DNN; a later ``dvc repro`` said ~45,000-58,000. Both
-were this one measurement on different code and load; the file was re-recorded with the current code.
+then. ``benchmarks/results/train_speed.json`` (recorded 2026-11-22 on a quiet box, before fused Adam, the
+max-based interest selection and the allocator setting) says 23,810 samples/s for YouTube DNN; a later ``dvc
+repro`` said ~45,000-58,000: the same measurement on different code. The current code measured on 2026-11-29
+(busy box, shared lock, 2 epochs, 1 thread; not recorded here because the box was not quiet) gave 38,900 samples
+per CPU-second for YouTube DNN in this loop against 66,000-70,000 for the bare step of ``rechub_speed.py`` in the same
+hour: about 2 ms per step of batch building and Lightning loop on top of a 3.9 ms step. Re-record this file on
+a quiet box (``flock -x``) to replace the 2026-11-22 figures.
 
 Targets (issue 12): at least twice the reference library's throughput at equal threads, measured side by side
 by ``benchmarks/rechub_speed.py`` (``reference_samples_per_s`` here are the issue's earlier 2-thread figures).

@@ -34,6 +34,11 @@ Choices the papers and the issue leave open:
   same code, and writes the same four outputs (one "epoch").
 - Divergence: a nan/inf loss or weight stops the run with :class:`TrainingDiverged` (a ParamsError: the CLI
   exits 2 naming the variant, epoch, step and ``train.lr``); nothing is written, ``out_dir`` stays as it was.
+- ``train.compile``: only the user tower goes through ``torch.compile``, and only while training
+  (:func:`compile_user_tower`); the weights, checkpoints and validation are the eager model's. Off by
+  default: measured on the 2-core CPU (docs/RESULTS.md, train_speed_compile, 1 thread) it made UMI's step ~1.8x
+  and ComiRec-SA's ~1.2x faster but MIND's and YouTube DNN's slower, and its 30-90 s of compilation cost more
+  than a MovieLens-100K run saves; worth it for long runs of UMI (``models.umi.compile: true``).
 - Trainer overrides on the command line: ``--trainer.KEY VALUE`` for the keys in :data:`TRAINER_FLAGS`
   (``--help``); the progress bar is drawn only on a terminal (else one line per epoch on stderr).
 """
