@@ -132,6 +132,8 @@ GRID: dict[str, dict[str, Any]] = {
     "lr3e-3": {"lr": 0.003},   # that the grid does not move when params.yaml adopts the chosen setting
     "lr1e-2": {"lr": 0.01},    # the k-fold tuning grid's third point (KFOLD_GRID); never run on the 8:1:1 split
 }
+#: the single-split (8:1:1) tuning grid: the points ``--stage tune`` runs by default and quality.json reports
+SG_GRID = {g: GRID[g] for g in ("default", "lr3e-3")}
 #: one-factor sweeps (issue 6: ComiRec Table 4, MIND Fig. 3), each around the variant's setting chosen on
 #: valid, at the tuning seed: name -> (variants, models.* key, values). The params.yaml value is one of the
 #: values and is not re-run: its point is the chosen run itself. ``None`` for attention_pow is p = ∞ (hard
@@ -425,10 +427,10 @@ def chosen_settings(runs: list[dict], variants: Sequence[str], tune_seed: int) -
     out = {}
     for v in variants:
         cands = [r for r in runs if r["variant"] == v and r["protocol"] == "sg" and r["seed"] == tune_seed
-                 and r["setting"] in GRID]  # sweep points are not candidates
+                 and r["setting"] in SG_GRID]  # sweep points are not candidates
         if not cands:
             continue
-        order = {s: i for i, s in enumerate(GRID)}
+        order = {s: i for i, s in enumerate(SG_GRID)}
         cands.sort(key=lambda r: order.get(r["setting"], len(order)))
         best = max(cands, key=lambda r: r["metrics"]["valid.recall@50"])  # max keeps the first of ties
         out[v] = {"setting": best["setting"], "valid_recall@50": {r["setting"]: r["metrics"]["valid.recall@50"]
@@ -502,7 +504,7 @@ def build_result(runs: list[dict], tune_seed: int, quick: bool) -> dict:
         "meta": {"command": "python benchmarks/quality.py --stage aggregate" + (" --quick" if quick else ""),
                  "commands": _commands(),
                  "dataset": "MovieLens-100K", "protocols": PROTOCOLS, "users": nusers,
-                 "grid": GRID, "tune_seed": tune_seed, "labels": LABELS,
+                 "grid": SG_GRID, "tune_seed": tune_seed, "labels": LABELS,
                  "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "confidence": CONFIDENCE, "over": "seeds"},
                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
                  "quick": quick, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
@@ -658,7 +660,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--protocols", default="sg,loo", help="sg (strong generalization), loo (leave-one-out)")
-    ap.add_argument("--grid", default="default,lr3e-3", help=f"single-split grid points to tune over (known: "
+    ap.add_argument("--grid", default=",".join(SG_GRID), help=f"single-split grid points to tune over (known: "
                     f"{', '.join(GRID)}; the k-fold stages use KFOLD_GRID)")
     ap.add_argument("--tune-seed", type=int, default=SEEDS[0], help="seed of the tuning runs")
     ap.add_argument("--stage", choices=("all", "tune", "final", "sweep", "salvage", "aggregate", "kfold",
