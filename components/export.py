@@ -98,6 +98,15 @@ INDEX_SETTINGS = ("factory", "factory_requested", "auto_fallback", "nprobe", "ef
 sha256_file = file_digest  # the bundle's file hashes (sha256, the default)
 
 
+def _display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (``.`` for the directory itself)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(p)
+
+
 def data_version(split_dir: Path, dvc_lock: Path | None = None) -> str:
     """The split's DVC hash from ``dvc.lock``, else ``sha256:<hash>`` of the split folder's files.
 
@@ -363,7 +372,8 @@ def run(cfg: ExportConfig, gates: GatesConfig, paths: ExportPaths, params: dict[
         "prod_version": prod_version.version if prod_version else None,
         "prod_bundle": prod_version.bundle if prod_version else None,
         "baseline_model": baseline_model, "data_version": version, "models": models,
-        "registry": str(registry.repo), "stage": registry.stage,
+        # the project's own registry as "." (the verdict is committed: no machine's checkout path in it)
+        "registry": _display_path(registry.repo), "stage": registry.stage,
     }
     treatment = {"bundle": cand_bundle.name, "model": cfg.candidate, "content_hash": cand_manifest.get("content_hash")}
     ab: dict[str, Any] = {"active": False, "reason": "no A/B test: the candidate was not approved"
