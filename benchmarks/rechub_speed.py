@@ -41,7 +41,7 @@ Known bugs of the reference, fixed here (they change its quality, two of them it
 
     .venv/bin/python benchmarks/rechub_speed.py                       # full run (~5 min): 1 and 2 threads
     .venv/bin/python benchmarks/rechub_speed.py --repeats 1 --steps 40 --out /tmp/r.json   # quick check
-    flock -x /tmp/mir-cpu.lock timeout 1200 .venv/bin/python benchmarks/rechub_speed.py    # recorded figures
+    (on a quiet box) .venv/bin/python benchmarks/rechub_speed.py    # recorded figures
 
 Writes ``benchmarks/results/train_speed_vs_rechub.json`` (per run samples/s, medians, ratio ours/theirs per
 model and thread count, the paired per-repeat ratios) and prints a table.

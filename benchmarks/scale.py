@@ -27,7 +27,7 @@ Sizes keep 1M users and 2M items and vary the mean sequence length (10, 50, 100 
 interactions), so the growth with interactions is read at a fixed catalogue.
 
     .venv/bin/python benchmarks/scale.py --sizes 10M                      # exploratory
-    flock -x /tmp/mir-cpu.lock timeout 1800 .venv/bin/python benchmarks/scale.py --sizes 10M 50M 100M
+    (on a quiet box) .venv/bin/python benchmarks/scale.py --sizes 10M 50M 100M
     .venv/bin/python benchmarks/scale.py --sizes 100M --skip-train --force   # data path only, re-measured
 
 Resumable: a size already completed in ``benchmarks/results/scale.json`` is skipped unless ``--force``; the

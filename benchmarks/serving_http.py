@@ -20,7 +20,7 @@ answering thread alone), ``batch_h11`` (the same on uvicorn's pure-Python h11 pa
 (max_batch = 1: one thread hop per request). ``--before REF`` also runs the service as of commit REF (its
 default flags, ``batch_nowait``) against the same bundle and client, right before the same config here.
 
-The machine is shared: other sessions' jobs (niced, in other PID namespaces, invisible to ps) take up to
+The machine is shared: other jobs (niced, in other PID namespaces, invisible to ps) take up to
 1.5 of the 2 cores at times; each level records the CPU every other process used meanwhile
 (``others_cpu_cores``, from /proc/stat) so a slow level can be told from a slow service.
 Targets on the 2-core box: p99 <= 25 ms at concurrency 8, >= 500 requests/s at the best level.

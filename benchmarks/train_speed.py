@@ -21,13 +21,12 @@ How this relates to the other two throughput figures: ``benchmarks/rechub_speed.
 torch-rechub) times the training *step* alone on pre-gathered batches, without Lightning and batch building,
 so it reads higher than this; ``artifacts/models/<variant>/train.json`` of a ``dvc repro`` is this same
 measurement (same code), for however many epochs early stopping ran, on whatever else the machine was doing
-then. ``benchmarks/results/train_speed.json`` (recorded 2026-11-22 on a quiet box, before fused Adam, the
-max-based interest selection and the allocator setting) says 23,810 samples/s for YouTube DNN; a later ``dvc
-repro`` said ~45,000-58,000: the same measurement on different code. The current code measured on 2026-11-29
-(busy box, shared lock, 2 epochs, 1 thread; not recorded here because the box was not quiet) gave 38,900 samples
-per CPU-second for YouTube DNN in this loop against 66,000-70,000 for the bare step of ``rechub_speed.py`` in the same
-hour: about 2 ms per step of batch building and Lightning loop on top of a 3.9 ms step. Re-record this file on
-a quiet box (``flock -x``) to replace the 2026-11-22 figures.
+then. The 23,810 samples/s for YouTube DNN that ``train_speed.json`` held until 2026-11-29 (recorded
+2026-11-22) against ~45,000-58,000 in a later ``dvc repro`` was the same measurement on older code (before
+fused Adam, the max-based interest selection and the allocator setting). Re-recorded on 2026-11-29 on a quiet
+box (2 epochs, 1 thread): YouTube DNN 63,800 samples/s here, 73,000 in the ``train.json`` of the 10-model
+``dvc repro -f`` run on the same box half an hour earlier (10 epochs: the first epoch's warm-up weighs less);
+the bare step of ``rechub_speed.py`` 105,500: the difference is batch building and Lightning's loop.
 
 Targets (issue 12): at least twice the reference library's throughput at equal threads, measured side by side
 by ``benchmarks/rechub_speed.py`` (``reference_samples_per_s`` here are the issue's earlier 2-thread figures).
