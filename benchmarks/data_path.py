@@ -61,6 +61,17 @@ def run_step(name: str, cmd: list[str], log_dir: Path) -> dict:
             "command": " ".join(cmd[1:])}
 
 
+def run_step_logged(prefix: str, name: str, cmd: list[str], log_dir: Path, width: int = 9) -> dict:
+    """:func:`run_step` with a progress line before and a figures line after (the log tail on failure)."""
+    print(f"[{prefix}] {name} ...", flush=True)
+    res = run_step(name, cmd, log_dir)
+    print(f"[{prefix}] {name:{width}s} wall {res['wall_s']:7.1f} s  peak RSS {res['peak_rss_mb']:8.1f} MB  "
+          f"cpu {res['cpu_s']:7.1f} s  exit {res['returncode']}  load {res['load_avg_1m']}", flush=True)
+    if res["returncode"] != 0:
+        print("\n".join(res["log_tail"]), file=sys.stderr)
+    return res
+
+
 def _dir_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1) if path.exists() else 0.0
 
@@ -100,13 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = data_steps(params_path, canonical, validation, split)
     results = []
     for name, cmd in steps:
-        print(f"[data_path] {name} ...", flush=True)
-        res = run_step(name, cmd, work / "logs")
+        res = run_step_logged("data_path", name, cmd, work / "logs")
         results.append(res)
-        print(f"[data_path] {name:9s} wall {res['wall_s']:7.1f} s  peak RSS {res['peak_rss_mb']:8.1f} MB  "
-              f"cpu {res['cpu_s']:7.1f} s  exit {res['returncode']}  load {res['load_avg_1m']}", flush=True)
         if res["returncode"] != 0:
-            print("\n".join(res["log_tail"]), file=sys.stderr)
             break
     extra = []
     if args.with_log_ingest and results[0]["returncode"] == 0:

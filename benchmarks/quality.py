@@ -225,26 +225,9 @@ def aggregate_runs(runs: list[dict], metrics: Sequence[str] = METRICS, split: st
 
 
 # --------------------------------------------------------------------------------------------------- data
-def prepare_split(params: dict, protocol: str) -> Path:
-    """Ingest MovieLens-100K and split it with the params defaults (protocol switched) under OUT/data."""
-    from components.config import section
-    from components import ingest, split
-
-    data = DATA
-    canonical = data / "canonical"
-    seed = int(params["seed"])
-    if not (canonical / "interactions.parquet").exists():
-        ingest.run(section(params, "ingest", ingest.IngestConfig), canonical, seed=seed)
-    out = data / f"split_{protocol}"
-    if not (out / "stats.json").exists():
-        cfg = dataclasses.replace(section(params, "split", split.SplitConfig), protocol=PROTOCOLS[protocol])
-        split.run(cfg, canonical, out, seed=seed)
-    return out
-
-
-def prepare_fold_split(params: dict, k: int, fold: int) -> Path:
-    """Fold ``fold`` of the ``k``-fold strong-generalization split (components.split, split.folds/fold) of the
-    same canonical tables, under OUT/data. Prepare every fold before starting parallel workers."""
+def _prepare(params: dict, name: str, **split_overrides: Any) -> Path:
+    """Ingest MovieLens-100K once under OUT/data/canonical, then split it with the params defaults and
+    ``split_overrides`` into OUT/data/split_<name> (both cached)."""
     from components.config import section
     from components import ingest, split
 
@@ -252,12 +235,22 @@ def prepare_fold_split(params: dict, k: int, fold: int) -> Path:
     seed = int(params["seed"])
     if not (canonical / "interactions.parquet").exists():
         ingest.run(section(params, "ingest", ingest.IngestConfig), canonical, seed=seed)
-    out = DATA / f"split_{fold_protocol(k, fold)}"
+    out = DATA / f"split_{name}"
     if not (out / "stats.json").exists():
-        cfg = dataclasses.replace(section(params, "split", split.SplitConfig), protocol=PROTOCOLS["sg"],
-                                  folds=k, fold=fold)
+        cfg = dataclasses.replace(section(params, "split", split.SplitConfig), **split_overrides)
         split.run(cfg, canonical, out, seed=seed)
     return out
+
+
+def prepare_split(params: dict, protocol: str) -> Path:
+    """Ingest MovieLens-100K and split it with the params defaults (protocol switched) under OUT/data."""
+    return _prepare(params, protocol, protocol=PROTOCOLS[protocol])
+
+
+def prepare_fold_split(params: dict, k: int, fold: int) -> Path:
+    """Fold ``fold`` of the ``k``-fold strong-generalization split (components.split, split.folds/fold) of the
+    same canonical tables, under OUT/data. Prepare every fold before starting parallel workers."""
+    return _prepare(params, fold_protocol(k, fold), protocol=PROTOCOLS["sg"], folds=k, fold=fold)
 
 
 # ---------------------------------------------------------------------------------------------------- runs

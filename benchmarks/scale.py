@@ -54,7 +54,7 @@ if str(REPO / "benchmarks") not in sys.path:
 
 import yaml  # noqa: E402
 
-from data_path import _dir_mb, data_steps, run_step, synthetic_params  # noqa: E402
+from data_path import _dir_mb, data_steps, run_step_logged, synthetic_params  # noqa: E402
 
 TARGET_DATA_WALL_S = 300.0
 TARGET_DATA_PEAK_MB = 8 * 1024.0
@@ -224,13 +224,8 @@ def run_size(name: str, args, params_base: dict) -> dict:
     block = {"size": name, "config": size, "steps": steps, "completed": False}
 
     def step(label, cmd):
-        print(f"[scale {name}] {label} ...", flush=True)
-        res = run_step(label, cmd, work / "logs")
+        res = run_step_logged(f"scale {name}", label, cmd, work / "logs", width=11)
         steps.append(res)
-        print(f"[scale {name}] {label:11s} wall {res['wall_s']:7.1f} s  peak RSS {res['peak_rss_mb']:8.1f} MB  "
-              f"cpu {res['cpu_s']:7.1f} s  exit {res['returncode']}  load {res['load_avg_1m']}", flush=True)
-        if res["returncode"] != 0:
-            print("\n".join(res["log_tail"]), file=sys.stderr)
         return res["returncode"] == 0
 
     for label, cmd in data_steps(params_path, canonical, validation, split):

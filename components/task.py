@@ -74,9 +74,9 @@ class DenseSparseAdam(torch.optim.Optimizer):
                       if dense else None)
         self._sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps) if sparse else None
         inner = [o for o in (self._adam, self._sparse) if o is not None]
-        for opt, flag in zip(inner, [o is self._sparse for o in inner]):
+        for opt in inner:
             for g in opt.param_groups:
-                g["sparse"] = flag
+                g["sparse"] = opt is self._sparse
         self.param_groups = [g for o in inner for g in o.param_groups]
         self._link()
 
