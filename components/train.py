@@ -114,12 +114,17 @@ class TrainConfig:
     num_threads: int = 1
     """torch intra-op CPU threads for this process (0 = torch's default, one per core). One is fastest for
     these small ops on a shared 2-core machine (two threads contend: measured 5-10x slower under load)."""
-    embedding_optimizer: Literal["adam", "sparse_adam"] = "adam"
+    embedding_optimizer: Literal["adam", "sparse_adam", "rowwise_adagrad"] = "adam"
     """optimizer of the item/category embedding tables: adam = dense gradients and Adam over every row each
     step (cost grows with the catalogue); sparse_adam = sparse gradients, only the rows a step used are read
-    and updated (lazy Adam: untouched rows keep their weights and moments); every other parameter always uses
-    dense Adam. sparse_adam needs weight_decay 0 (decay would touch every row each step; refused otherwise).
-    DDP all-reduces the sparse gradients (tested on CPU/gloo only, not yet over NCCL)."""
+    and updated (lazy Adam: untouched rows keep their weights and moments); rowwise_adagrad = the same sparse
+    gradients with FBGEMM/TorchRec's row-wise Adagrad (one accumulator per row; components.task.RowWiseAdagrad);
+    every other parameter always uses dense Adam. The sparse modes need weight_decay 0 (decay would touch
+    every row each step; refused otherwise). DDP all-reduces the sparse gradients (tested on CPU/gloo only,
+    not yet over NCCL)."""
+    embedding_lr: float | None = None
+    """learning rate of the item/category tables' optimizer (null = lr); row-wise Adagrad's steps shrink
+    with the accumulated squared gradient, so it usually wants a larger one than Adam."""
     compile: bool = False
     """run the user tower through ``torch.compile`` while training (:func:`compile_user_tower`; weights and
     checkpoints unchanged, load without compile); needs a C++ compiler on CPU; the first step compiles."""
@@ -149,9 +154,12 @@ class TrainConfig:
             raise ValueError(f"devices must be >= 1, got {self.devices}")
         if self.num_negatives == 0 and not self.in_batch_negatives:
             raise ValueError("num_negatives must be >= 1 unless in_batch_negatives is true")
-        if self.embedding_optimizer == "sparse_adam" and self.weight_decay > 0:
-            raise ValueError(f"weight_decay must be 0 with embedding_optimizer sparse_adam (lazy Adam has no weight "
-                             f"decay), got {self.weight_decay:g}; or use embedding_optimizer adam")
+        if self.embedding_optimizer != "adam" and self.weight_decay > 0:
+            raise ValueError(f"weight_decay must be 0 with embedding_optimizer {self.embedding_optimizer} (the "
+                             f"row-wise optimizers have no weight decay), got {self.weight_decay:g}; or use "
+                             "embedding_optimizer adam")
+        if self.embedding_lr is not None and not self.embedding_lr > 0:
+            raise ValueError(f"embedding_lr must be > 0 (or null = lr), got {self.embedding_lr}")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models has duplicates: {self.models}")
 
@@ -348,7 +356,8 @@ def _retrieval_recall(model, batch: dict, item_emb, n: int):
 
 def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, weight_decay: float,
               attention_pow: float | None, harder_negatives: bool, log_q: bool, in_batch: bool,
-              batch_sampler_q, seed: int, show_every: int = 20, embedding_optimizer: str = "adam"):
+              batch_sampler_q, seed: int, show_every: int = 20, embedding_optimizer: str = "adam",
+              embedding_lr: float | None = None):
     """A :class:`components.task.RetrievalTask` around an already built ``model`` and samplers (kept for
     callers that build their own, e.g. benchmarks/speed.py with a padded catalogue).
 
@@ -364,7 +373,8 @@ def make_task(model, sampler, *, num_items: int, num_negatives: int, lr: float, 
     task = RetrievalTask(arch=M.arch_of(model), model_hparams=dict(model.config), num_negatives=num_negatives,
                          lr=lr, weight_decay=weight_decay, sampler=sampler.kind, in_batch_negatives=in_batch,
                          attention_pow=attention_pow, harder_negatives=harder_negatives, seed=seed,
-                         show_every=show_every, model=model, embedding_optimizer=embedding_optimizer)
+                         show_every=show_every, model=model, embedding_optimizer=embedding_optimizer,
+                         embedding_lr=embedding_lr)
     task.sampler, task.batch_sampler = sampler, batch_sampler_q
     return task
 
@@ -541,7 +551,7 @@ def _fit(cfg: TrainConfig, model: ModelConfig, net, meta, split_dir: Path, stagi
     show_bar = progress_bar_enabled(cfg.progress_refresh, sys.stdout)
     task = RetrievalTask(arch=model.arch, model_hparams=dict(net.config), num_negatives=cfg.num_negatives,
                          lr=cfg.lr, weight_decay=cfg.weight_decay, sampler=cfg.sampler,
-                         embedding_optimizer=cfg.embedding_optimizer,
+                         embedding_optimizer=cfg.embedding_optimizer, embedding_lr=cfg.embedding_lr,
                          in_batch_negatives=cfg.in_batch_negatives, attention_pow=model.attention_pow,
                          harder_negatives=model.harder_negatives, seed=seed,
                          show_every=cfg.progress_refresh if show_bar else 0, model=net,
