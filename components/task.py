@@ -34,18 +34,84 @@ from components.train import MONITOR, VAL_TOPN, _retrieval_recall
 from models.loss import NegativeSampler, sampled_softmax_loss
 
 
-EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam")
+EMBEDDING_OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
+#: the modes that give the item/category tables sparse gradients and a row-wise optimizer
+SPARSE_EMBEDDING_OPTIMIZERS = ("sparse_adam", "rowwise_adagrad")
 
 
-class DenseSparseAdam(torch.optim.Optimizer):
-    """Adam for the dense parameters and lazy Adam (``torch.optim.SparseAdam``) for the embedding tables, as
-    one optimizer, so Lightning's automatic optimization, ``global_step`` (one per batch) and checkpoint
-    format (``optimizer_states`` = one state dict) stay as they are with the dense Adam.
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Row-wise Adagrad for embedding tables with sparse gradients, as FBGEMM's ``EXACT_ROWWISE_ADAGRAD``
+    (TorchRec's default for embedding tables): one accumulator scalar per row instead of one per entry
+    (an (N,) state: 1/D of Adagrad's (N, D) sum, 1/(2D) of Adam's two (N, D) moments), and only the rows a
+    step touched are read and written. For each touched row r with gradient row g_r (the
+    duplicates of a row summed first)::
 
-    Lazy Adam (SparseAdam) reads and updates only the rows of a table whose sparse gradient is non-empty:
-    the step's cost grows with the rows a step touched, not with the catalogue. Untouched rows keep their
-    weights *and* moments (dense Adam would keep moving them with their decaying momentum). Its bias
-    correction counts the table's steps, not each row's (as TF's LazyAdam).
+        s_r += mean(g_r ** 2)                   # over the row's D entries
+        w_r -= lr * g_r / (sqrt(s_r) + eps)
+
+    Untouched rows keep their weights and accumulators. Hand-written: torch has no row-wise Adagrad
+    (``torch.optim.Adagrad`` keeps an (N, D) sum; FBGEMM's fused kernel is a CUDA/C++ dependency this
+    project does not carry). A dense gradient is treated as the sparse gradient of its non-zero rows
+    (:func:`_rows_touched`). State per parameter: ``step`` (a 0-dim tensor, counts calls, as torch's
+    optimizers do) and ``sum`` (N,).
+
+    Args:
+        params: (N, D) embedding weights.
+        lr: step size (Adagrad's steps shrink as 1 / sqrt(sum of squares), so it usually wants a larger
+            lr than Adam).
+        eps: added to the root of the accumulator.
+        initial_accumulator_value: the accumulators' start value (FBGEMM and torch: 0).
+    """
+
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
+        if not lr > 0:
+            raise ValueError(f"RowWiseAdagrad: lr must be > 0, got {lr}")
+        super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"RowWiseAdagrad: parameters must be (N, D) tables, got {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.zeros((), dtype=torch.float32)
+                    st["sum"] = torch.full((p.shape[0],), float(group["initial_accumulator_value"]),
+                                           dtype=p.dtype, device=p.device)
+                st["step"] += 1
+                grad = (p.grad if p.grad.is_sparse else _rows_touched(p.grad)).coalesce()
+                rows, values = grad.indices()[0], grad.values()  # unique rows after coalesce
+                if rows.numel() == 0:
+                    continue
+                acc = st["sum"].index_select(0, rows) + values.pow(2).mean(dim=1)
+                st["sum"].index_copy_(0, rows, acc)
+                p.index_add_(0, rows, values * (-lr / (acc.sqrt() + eps)).unsqueeze(1))
+        return loss
+
+
+class DenseSparseOptimizer(torch.optim.Optimizer):
+    """Adam for the dense parameters and a row-wise optimizer for the embedding tables, as one optimizer, so
+    Lightning's automatic optimization, ``global_step`` (one per batch) and checkpoint format
+    (``optimizer_states`` = one state dict) stay as they are with the dense Adam. The tables' optimizer:
+
+    - ``sparse_adam``: lazy Adam (``torch.optim.SparseAdam``) reads and updates only the rows of a table
+      whose sparse gradient is non-empty. Untouched rows keep their weights *and* moments (dense Adam would
+      keep moving them with their decaying momentum). Its bias correction counts the table's steps, not each
+      row's (as TF's LazyAdam).
+    - ``rowwise_adagrad``: :class:`RowWiseAdagrad` (FBGEMM / TorchRec's row-wise Adagrad), one accumulator
+      per row.
+
+    Either way the step's cost grows with the rows a step touched, not with the catalogue.
 
     Hand-written wrapper rather than two Lightning optimizers: two optimizers need manual optimization,
     where ``global_step`` counts every optimizer's step (twice per batch), changing step-based settings. The
@@ -56,23 +122,34 @@ class DenseSparseAdam(torch.optim.Optimizer):
 
     Args:
         dense: parameters with dense gradients (Adam, optionally fused).
-        sparse: embedding weights with sparse gradients (SparseAdam; no weight decay).
-        lr, betas, eps: shared by both.
+        sparse: embedding weights with sparse gradients (no weight decay).
+        lr: the dense Adam's.
+        embedding_optimizer: ``sparse_adam`` | ``rowwise_adagrad``: the tables' optimizer.
+        embedding_lr: the tables' optimizer's lr (None = ``lr``).
+        betas: Adam's (both Adams); eps: every optimizer's.
         weight_decay: Adam's, dense parameters only.
         fused: the dense Adam's ``fused``.
     """
 
-    def __init__(self, dense, sparse, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, dense, sparse, *, lr: float, embedding_optimizer: str = "sparse_adam",
+                 embedding_lr: float | None = None, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, fused: bool | None = None):
         dense, sparse = list(dense), list(sparse)
         if not dense and not sparse:
-            raise ValueError("DenseSparseAdam: no parameters")
+            raise ValueError("DenseSparseOptimizer: no parameters")
+        if embedding_optimizer not in SPARSE_EMBEDDING_OPTIMIZERS:
+            raise ValueError(f"embedding_optimizer must be one of {list(SPARSE_EMBEDDING_OPTIMIZERS)}, "
+                             f"got {embedding_optimizer!r}")
+        emb_lr = lr if embedding_lr is None else embedding_lr
         groups = ([{"params": dense, "sparse": False}] if dense else []) + \
                  ([{"params": sparse, "sparse": True}] if sparse else [])
         super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps})
         self._adam = (torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
                       if dense else None)
-        self._sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps) if sparse else None
+        self._sparse = None
+        if sparse:
+            self._sparse = (torch.optim.SparseAdam(sparse, lr=emb_lr, betas=betas, eps=eps)
+                            if embedding_optimizer == "sparse_adam" else RowWiseAdagrad(sparse, lr=emb_lr, eps=eps))
         inner = [o for o in (self._adam, self._sparse) if o is not None]
         for opt in inner:
             for g in opt.param_groups:
@@ -108,6 +185,15 @@ class DenseSparseAdam(torch.optim.Optimizer):
         return loss
 
 
+class DenseSparseAdam(DenseSparseOptimizer):
+    """:class:`DenseSparseOptimizer` with lazy Adam on the tables (``embedding_optimizer: sparse_adam``)."""
+
+    def __init__(self, dense, sparse, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, fused: bool | None = None, embedding_lr: float | None = None):
+        super().__init__(dense, sparse, lr=lr, embedding_optimizer="sparse_adam", embedding_lr=embedding_lr,
+                         betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+
+
 def _rows_touched(grad: torch.Tensor) -> torch.Tensor:
     """A dense (N, D) table gradient as a sparse one holding its non-zero rows. A model may gather from a
     whole-table product when a batch holds at least as many ids as the catalogue has items (the batch then
@@ -134,11 +220,13 @@ class RetrievalTask(pl.LightningModule):
         model_hparams: the constructor arguments of ``arch`` (``models.build_model``), data-derived ones included.
         num_negatives: sampled negatives shared by the batch per step.
         lr, weight_decay: Adam's.
-        embedding_optimizer: ``adam`` = dense gradients and Adam over every parameter; ``sparse_adam`` =
-            sparse gradients for the item/category tables and lazy Adam on the rows a step used
-            (:class:`DenseSparseAdam`), dense Adam for the rest. ``weight_decay`` must then be 0: decaying
-            every row each step is the whole-table work this mode removes (and decaying only the touched
-            rows would be a different regulariser than Adam's).
+        embedding_optimizer: ``adam`` = dense gradients and Adam over every parameter; ``sparse_adam`` /
+            ``rowwise_adagrad`` = sparse gradients for the item/category tables and lazy Adam / row-wise
+            Adagrad on the rows a step used (:class:`DenseSparseOptimizer`), dense Adam for the rest.
+            ``weight_decay`` must then be 0: decaying every row each step is the whole-table work these
+            modes remove (and decaying only the touched rows would be a different regulariser than Adam's).
+        embedding_lr: the item/category tables' lr (None = ``lr``); with ``adam`` the tables become a second
+            Adam parameter group.
         sampler: ``uniform`` | ``popularity`` | ``log_uniform``; the last two get the log-Q correction.
         in_batch_negatives: also use the other rows' positives as negatives (log-Q by training frequency).
         attention_pow: label-aware attention power p; None = hard argmax selection.
@@ -152,7 +240,8 @@ class RetrievalTask(pl.LightningModule):
     """
 
     def __init__(self, *, arch: str, model_hparams: dict[str, Any], num_negatives: int = 50, lr: float = 1e-3,
-                 weight_decay: float = 0.0, embedding_optimizer: str = "adam", sampler: str = "uniform", in_batch_negatives: bool = False,
+                 weight_decay: float = 0.0, embedding_optimizer: str = "adam", embedding_lr: float | None = None,
+                 sampler: str = "uniform", in_batch_negatives: bool = False,
                  attention_pow: float | None = None, harder_negatives: bool = False, seed: int = 0,
                  show_every: int = 0, model: nn.Module | None = None, item_counts: Any = None):
         super().__init__()
@@ -166,11 +255,14 @@ class RetrievalTask(pl.LightningModule):
         if embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise ValueError(f"embedding_optimizer must be one of {list(EMBEDDING_OPTIMIZERS)}, "
                              f"got {embedding_optimizer!r}")
-        if embedding_optimizer == "sparse_adam" and weight_decay > 0:
-            raise ValueError(f"weight_decay {weight_decay:g} with embedding_optimizer sparse_adam: lazy Adam "
-                             "has no weight decay (set weight_decay to 0, or use embedding_optimizer adam)")
+        if embedding_optimizer in SPARSE_EMBEDDING_OPTIMIZERS and weight_decay > 0:
+            raise ValueError(f"weight_decay {weight_decay:g} with embedding_optimizer {embedding_optimizer}: the "
+                             "row-wise optimizers have no weight decay (set weight_decay to 0, or use "
+                             "embedding_optimizer adam)")
+        if embedding_lr is not None and not embedding_lr > 0:
+            raise ValueError(f"embedding_lr must be > 0 (or None = lr), got {embedding_lr}")
         # sparse gradients for the item/category tables (a training mode: values and state dict unchanged)
-        M.set_sparse_embeddings(model, embedding_optimizer == "sparse_adam")
+        M.set_sparse_embeddings(model, embedding_optimizer in SPARSE_EMBEDDING_OPTIMIZERS)
         num_items = int(model_hparams["num_items"])
         counts = (torch.zeros(num_items, dtype=torch.long) if item_counts is None
                   else torch.as_tensor(item_counts, dtype=torch.long))
@@ -283,14 +375,23 @@ class RetrievalTask(pl.LightningModule):
     def configure_optimizers(self):
         # fused: one kernel for all parameters (4x cheaper step on CPU than the per-tensor loop)
         fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
-        if self.hparams.get("embedding_optimizer", "adam") == "sparse_adam":
+        mode = self.hparams.get("embedding_optimizer", "adam")
+        emb_lr = self.hparams.get("embedding_lr")  # absent from checkpoints written before the key existed
+        if mode in SPARSE_EMBEDDING_OPTIMIZERS:
             tables = M.set_sparse_embeddings(self.model, True)  # the weights as they are now (device moves)
             sparse = {id(p) for p in tables}
             dense = [p for p in self.model.parameters() if id(p) not in sparse]
-            return DenseSparseAdam(dense, tables, lr=self.hparams.lr,
-                                   weight_decay=self.hparams.weight_decay, fused=fused)
-        return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay, fused=fused)
+            kw = dict(lr=self.hparams.lr, embedding_lr=emb_lr, weight_decay=self.hparams.weight_decay, fused=fused)
+            if mode == "sparse_adam":
+                return DenseSparseAdam(dense, tables, **kw)
+            return DenseSparseOptimizer(dense, tables, embedding_optimizer=mode, **kw)
+        params: Any = self.model.parameters()
+        if emb_lr is not None:  # the tables as a second group with their own lr (dense gradients)
+            tables = M.set_sparse_embeddings(self.model, False)
+            ids = {id(p) for p in tables}
+            params = [{"params": [p for p in self.model.parameters() if id(p) not in ids]},
+                      {"params": tables, "lr": emb_lr}]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
 
 
 class EpochSummary(pl.Callback):
