@@ -321,6 +321,27 @@ def test_time_order_paths_match_sorted(num_users, num_items, ts_scale):
     assert u.tolist() == [r[0] for r in ref] and i.tolist() == [r[2] for r in ref]
 
 
+@pytest.mark.parametrize("num_users,num_items,ts_span", [
+    (1000, 2 ** 26, 2 ** 29),            # 10 + 29 + 26 = 65 bits: 2 user blocks, raw times
+    (1000, 2 ** 26, 2 ** 31),            # 67 bits: 8 user blocks
+    (2 ** 20, 2 ** 26, 2 ** 24 - 1),     # 21 + 24 + 26 = 71 bits: times ranked through the presence table
+    (1000, 2 ** 26, 2 ** 40),            # 76 bits: times ranked through unique + searchsorted
+    (7, 50, 1000),                       # fits in one key: one block
+])
+def test_time_order_user_blocks_and_time_ranks_match_sorted(num_users, num_items, ts_span):
+    # users spread over the whole index range (so every block is populated), values drawn from small pools
+    # so that equal times and equal (time, item) pairs occur; the reference is Python's tuple sort
+    rng = np.random.default_rng(1)
+    n = 3000
+    user = rng.choice(rng.integers(1, num_users + 1, 40), n)
+    item = rng.choice(rng.integers(1, num_items, 30), n)
+    ts = rng.choice(np.concatenate([[0, ts_span - 1], rng.integers(0, ts_span, 60)]), n) + 1_600_000_000
+    u, i = time_order(user, ts, item, num_users, num_items)
+    ref = sorted(zip(user.tolist(), ts.tolist(), item.tolist()))
+    assert u.dtype == i.dtype == np.int64
+    assert u.tolist() == [r[0] for r in ref] and i.tolist() == [r[2] for r in ref]
+
+
 # ----------------------------------------------------------------------------------- leave-one-out
 
 def test_leave_one_out_layout(tmp_path, logged):
