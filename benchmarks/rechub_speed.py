@@ -42,6 +42,11 @@ Known bugs of the reference, fixed here (they change its quality, two of them it
     .venv/bin/python benchmarks/rechub_speed.py                       # full run (~5 min): 1 and 2 threads
     .venv/bin/python benchmarks/rechub_speed.py --repeats 1 --steps 40 --out /tmp/r.json   # quick check
     (on a quiet box) .venv/bin/python benchmarks/rechub_speed.py    # recorded figures
+    (on a quiet box) .venv/bin/python benchmarks/rechub_speed.py --models comirec_dr --merge   # one model again
+
+``--merge`` re-measures some models into the existing results file: their runs and summary rows (at the
+thread counts measured) replace the recorded ones, every other row stays as recorded, and the re-measurement
+(command, date, load, seconds, note) is listed under ``updates``.
 
 Writes ``benchmarks/results/train_speed_vs_rechub.json`` (per run samples/s, medians, ratio ours/theirs per
 model and thread count, the paired per-repeat ratios) and prints a table.
@@ -335,6 +340,33 @@ def summarise(runs: list[dict], variants: list[str], threads: list[int]) -> dict
     return out
 
 
+def merge_results(old: dict, new: dict) -> dict:
+    """``old`` (a results file) with ``new``'s models re-measured: runs and summary rows of the (variant,
+    threads) pairs in ``new`` replace those of ``old``; everything else of ``old`` is kept, including its
+    top-level command/machine/setting (they describe the run that produced the rows left as recorded). The
+    re-measurement is appended to ``updates``. The settings must agree (batch, negatives, dims, steps...), so
+    that the merged table compares like with like."""
+    keys = ("batch_size", "num_negatives", "dim", "num_interests", "max_len", "steps", "warmup", "repeats")
+    differ = {k: (old.get("setting", {}).get(k), new["setting"].get(k)) for k in keys
+              if old.get("setting", {}).get(k) != new["setting"].get(k)}
+    if differ:
+        raise ValueError(f"cannot merge runs of another setting into the results file: {differ}")
+    measured = {(r["variant"], r["threads"]) for r in new["runs"]}
+    out = {**old, "runs": [r for r in old.get("runs", []) if (r["variant"], r["threads"]) not in measured]
+           + new["runs"], "peers": {**old.get("peers", {}), **new["peers"]}}
+    summary = {v: dict(rows) for v, rows in old.get("summary", {}).items()}
+    for v, rows in new["summary"].items():
+        summary.setdefault(v, {}).update(rows)
+    out["summary"] = summary
+    update = {k: new[k] for k in ("command", "machine", "date") if k in new}
+    update["variants"] = sorted(new["summary"])
+    update["threads"] = sorted({int(t) for rows in new["summary"].values() for t in rows})
+    if new.get("note"):
+        update["note"] = new["note"]
+    out["updates"] = [*old.get("updates", []), update]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(PEERS), help="comma-separated variants of params.yaml")
@@ -348,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sides", default="ours,theirs",
                         help="comma-separated: ours, theirs, ours_compiled (ours with train.compile)")
     parser.add_argument("--summarise-only", action="store_true", help="recompute the summary of --out")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the measured models' rows of --out, keep the others (see docstring)")
+    parser.add_argument("--note", default="", help="a note recorded with the results (with --merge: the update)")
     parser.add_argument("--child", choices=("ours", "theirs", "ours_compiled"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     variants = args.models.split(",")
@@ -397,11 +432,17 @@ def main(argv: list[str] | None = None) -> None:
         "peers": {v: PEERS.get(arch[v]) for v in variants},
         "summary": summary,
         "runs": runs,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    if args.note:
+        result["note"] = args.note
+    result = relative_paths(result, REPO)
+    if args.merge and args.out.exists():
+        result = merge_results(json.loads(args.out.read_text()), result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(relative_paths(result, REPO), indent=2, sort_keys=True) + "\n")
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(f"{'model':<12}{'threads':>8}{'ours':>10}{'theirs':>10}{'ratio':>8}  paired ratios")
-    for v, by_t in summary.items():
+    for v, by_t in summary.items():  # this run's rows only (with --merge, the file holds the others too)
         for t, r in by_t.items():
             ratio = f"{r['ratio']:8.2f}" if r.get("ratio") else "       -"
             theirs = f"{r['theirs_samples_per_s']:10.0f}" if r["theirs_samples_per_s"] else "         -"

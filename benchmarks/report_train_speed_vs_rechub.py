@@ -73,6 +73,23 @@ def compile_rows(data: dict) -> list[list[str]]:
     return rows
 
 
+def update_lines(data: dict) -> list[str]:
+    """One paragraph per later re-measurement merged into the file (``rechub_speed.py --merge``): which rows
+    it replaced, when, with what command, and how loaded the machine was."""
+    out = []
+    for u in data.get("updates", []):
+        m = u.get("machine", {})
+        models = ", ".join(LABELS.get(v, v) for v in u.get("variants", []))
+        threads = " and ".join(str(t) for t in u.get("threads", []))
+        out += [f"Rows of {models} at {threads} thread(s) re-measured {u.get('date', '(date not recorded)')} "
+                f"(`{u.get('command', '?')}`; load average before/after "
+                f"{_cell((m.get('load_average_before') or [None])[0], '.2f')} / "
+                f"{_cell((m.get('load_average_after') or [None])[0], '.2f')}, "
+                f"{_cell(m.get('seconds'), '.0f')} s); the other rows are the run above. {u.get('note', '')}".rstrip(),
+                ""]
+    return out
+
+
 def section(data: dict, img_dir: Path, rel: str, save: Callable, plt_fn: Callable) -> list[str]:
     doc = script_text()
     out = [doc.split("\n\n")[0].replace("\n", " "), ""] if doc else []
@@ -92,6 +109,7 @@ def section(data: dict, img_dir: Path, rel: str, save: Callable, plt_fn: Callabl
             f"{_cell((machine.get('load_average_before') or [None])[0], '.2f')} / "
             f"{_cell((machine.get('load_average_after') or [None])[0], '.2f')} on {machine.get('cpu_count', '?')} "
             f"cores ({_cell(machine.get('seconds'), '.0f')} s in all). {data.get('note', '')}".rstrip(), ""]
+    out += update_lines(data)
     rows = comparison_rows(data)
     if rows:
         out += _table(["model", "threads", "ours samples/s", "torch-rechub samples/s", "ratio (medians)",
