@@ -23,9 +23,12 @@ Choices the papers leave open:
   a few thousand items and IVF needs ~39 training points per list. The factory actually used is recorded.
 - Throughput is the wall time of ``index.search`` alone (no model forward), faiss using its default threads.
 - ``auto`` checks itself: the IVF index's per-interest recall@``recall_n`` against exact search is measured
-  on the valid and test users' interests (as for every index); below ``auto_min_recall`` the index is
-  rebuilt as ``Flat`` and ``index.json`` records the fallback. IVF relies on clustered embeddings (trained
-  ones are; isotropic Gaussian ones at 1M items give recall 0.08 at nprobe 8).
+  on the valid and test users' interests (as for every index). Below ``auto_min_recall`` nprobe is doubled
+  (up to nlist / 16 lists, 1/16 of the catalogue scanned) until it is reached, and the nprobe found is the
+  one recorded and exported (``nprobe_tuning`` in ``index.json`` lists each tried value's recall); only if
+  that fails is the index replaced by ``Flat`` and ``index.json`` records the fallback. IVF relies on
+  clustered embeddings (trained ones are; isotropic Gaussian ones at 1M items give recall 0.08 at nprobe 8).
+- The exact reference is faiss' brute-force Flat index (:func:`exact_reference`), computed once per build.
 - IVF coarse quantizers are trained by k-means on at most 64 points per list (faiss' default is 256;
   faiss asks for >= 39): at 1M items and 4096 lists that is 262k points and ~1 min of CPU instead of ~4.
 - faiss 1.15 ships ``distance_compute_blas_threshold`` = 128000 queries: below that, brute-force
@@ -63,7 +66,8 @@ class IndexConfig:
     batch_size: int = 512
     """users per forward pass / queries per search call in the throughput figure (x K interests)."""
     auto_min_recall: float = 0.95
-    """factory auto: if the IVF index's per-interest recall@recall_n on the users is below this, use Flat."""
+    """factory auto: if the IVF index's per-interest recall@recall_n on the users is below this, probe more
+    lists (nprobe doubled up to nlist / 16), then use Flat."""
 
     def __post_init__(self) -> None:
         if not self.factory.strip():
@@ -154,41 +158,102 @@ def set_search_params(index, *, nprobe: int, ef_search: int) -> None:
             pass  # this index type has no such parameter
 
 
-def ann_recall(index, row_items: np.ndarray, item_emb, interests, interest_mask, n: int) -> dict[str, float]:
-    """ANN quality against exact search, without exclusions.
+@dataclass(frozen=True)
+class ExactReference:
+    """Exact search results that ANN indexes are compared with (:func:`exact_reference`)."""
+    index: Any
+    """faiss ``IndexFlatIP`` over item rows 1..N (brute force)."""
+    row_items: np.ndarray
+    """(R,) index row -> item index."""
+    per_interest: np.ndarray
+    """(Q, n) exact top-n item indices of every unmasked interest (0 where fewer exist)."""
+    merged: np.ndarray
+    """(B, n) exact merged multi-interest top-n per user (ComiRec eq. 11)."""
+    n: int
+
+
+def _rows_to_items(row_items: np.ndarray, found: np.ndarray) -> np.ndarray:
+    return np.where(found >= 0, row_items[np.clip(found, 0, None)], 0)
+
+
+def exact_reference(item_emb, interests, interest_mask, n: int, flat=None) -> ExactReference:
+    """Exact top-n lists of the unmasked interests and of the merged lists, through faiss' brute-force
+    ``IndexFlatIP`` (``flat``: an existing one as returned by :func:`build_faiss_index`, else built here).
+
+    Brute force in faiss tiles queries x items through BLAS, ~25x faster at 2M items than scoring a few users
+    at a time against the whole table with torch, which streamed the 512 MB table once per 4 users (2,500
+    users took over 10 minutes). The merged list is :func:`components.retrieval.faiss_topn` over it, exact
+    because an item in the merged top-n is in the top-n of the interest giving its best score. Ties at the
+    n-th score may be broken differently from :func:`components.retrieval.topn`.
+    """
+    from components.retrieval import faiss_topn
+
+    if flat is None:
+        flat = build_faiss_index(np.asarray(item_emb, dtype=np.float32), "Flat")
+    index, row_items = flat[0], flat[1]
+    v = np.ascontiguousarray(np.asarray(interests, dtype=np.float32))
+    m = np.asarray(interest_mask, dtype=bool)
+    n = min(n, index.ntotal)
+    q = np.ascontiguousarray(v[m])
+    per = _rows_to_items(row_items, index.search(q, n)[1]) if len(q) else np.zeros((0, n), np.int64)
+    _, merged = faiss_topn(index, row_items, v, m, n)
+    return ExactReference(index, row_items, per, merged, n)
+
+
+def ann_recall(index, row_items: np.ndarray, item_emb, interests, interest_mask, n: int,
+               exact: ExactReference | None = None) -> dict[str, float]:
+    """ANN quality against exact search (:func:`exact_reference`, computed here when not given), without
+    exclusions.
 
     Returns:
         {"interest_recall": mean over unmasked interests of |ANN top-n ∩ exact top-n| / n,
          "merged_recall": mean over users of the same overlap for the merged multi-interest list}
     """
-    import torch
+    from components.retrieval import faiss_topn
 
-    from components.retrieval import faiss_topn, stable_topk, topn
-
-    v = torch.as_tensor(interests, dtype=torch.float32)
-    m = torch.as_tensor(interest_mask, dtype=torch.bool)
-    emb = torch.as_tensor(item_emb, dtype=torch.float32)
-    q = v[m]  # (Q, D) unmasked interests
+    v = np.ascontiguousarray(np.asarray(interests, dtype=np.float32))
+    m = np.asarray(interest_mask, dtype=bool)
+    q = np.ascontiguousarray(v[m])  # (Q, D) unmasked interests
     n = min(n, index.ntotal)
     if q.shape[0] == 0:
         return {"interest_recall": float("nan"), "merged_recall": float("nan")}
-    # exact per-interest top-n in blocks of queries: (Q, N) scores at once would be Q x N floats
-    # (44k interests x 2M items = 350 GB); a block is bounded to ~128 MiB of scores
-    block = max(1, (32 << 20) // max(emb.shape[0], 1))
-    parts = []
-    for s in range(0, q.shape[0], block):
-        scores = q[s:s + block] @ emb.T  # (block, N)
-        scores[:, 0] = float("-inf")
-        parts.append(stable_topk(scores, n)[1])
-        del scores
-    exact = torch.cat(parts)
-    _, rows = index.search(np.ascontiguousarray(q.numpy()), n)
-    ann = np.where(rows >= 0, row_items[np.clip(rows, 0, None)], 0)
-    per = [len(np.intersect1d(a, e)) / n for a, e in zip(ann, exact.numpy())]
-    _, exact_merged = topn(v, m, emb, n)
-    _, ann_merged = faiss_topn(index, row_items, v.numpy(), m.numpy(), n)
-    merged = [len(np.intersect1d(a[a != 0], e)) / n for a, e in zip(ann_merged, exact_merged.numpy())]
+    if exact is None or exact.n != n:
+        exact = exact_reference(item_emb, v, m, n)
+    if index is exact.index:  # the reference itself
+        return {"interest_recall": 1.0, "merged_recall": 1.0}
+    ann = _rows_to_items(row_items, index.search(q, n)[1])
+    per = [len(np.intersect1d(a[a != 0], e[e != 0])) / n for a, e in zip(ann, exact.per_interest)]
+    _, ann_merged = faiss_topn(index, row_items, v, m, n)
+    merged = [len(np.intersect1d(a[a != 0], e[e != 0])) / n for a, e in zip(ann_merged, exact.merged)]
     return {"interest_recall": float(np.mean(per)), "merged_recall": float(np.mean(merged))}
+
+
+def tune_nprobe(index, measure, *, start: int, target: float, first: dict | None = None, ef_search: int = 128
+                ) -> tuple[int, dict, dict[str, float]]:
+    """The smallest nprobe in start, 2·start, 4·start ... (at most nlist / 16) whose measured per-interest
+    recall reaches ``target``, or the last one tried.
+
+    Probing more lists raises recall, and an IVF index scanning up to 1/16 of the catalogue (plus its coarse
+    quantizer) still costs a fraction of exact search. ``measure()`` returns :func:`ann_recall`'s dict for
+    the index as currently set; ``first`` is that at ``start`` if already known. The index is left at the
+    returned nprobe.
+
+    Returns:
+        (nprobe, its recall dict, {str(nprobe): interest recall} of every value tried)
+    """
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    nprobe = start
+    set_search_params(index, nprobe=nprobe, ef_search=ef_search)
+    quality = first if first is not None else measure()
+    tried = {str(nprobe): quality["interest_recall"]}
+    while not quality["interest_recall"] >= target and nprobe * 2 <= ivf.nlist // 16:
+        nprobe *= 2
+        set_search_params(index, nprobe=nprobe, ef_search=ef_search)
+        quality = measure()
+        tried[str(nprobe)] = quality["interest_recall"]
+    return nprobe, quality, tried
 
 
 def search_throughput(index, interests, interest_mask, n: int, batch_users: int, min_seconds: float = 0.2
@@ -245,22 +310,35 @@ def run(cfg: IndexConfig, model_dir: Path, split_dir: Path, out_dir: Path) -> di
         vs.append(v)
         ms.append(m)
     v, m = torch.cat(vs), torch.cat(ms)
-    quality = ann_recall(index, row_items, item_emb, v, m, cfg.recall_n)
-    fallback = None
+    if used == "Flat":
+        flat, flat_build_s = (index, row_items, used), build_s
+    else:
+        t0 = time.perf_counter()
+        flat = build_faiss_index(item_emb.numpy(), "Flat")
+        flat_build_s = time.perf_counter() - t0
+    exact = exact_reference(item_emb, v, m, cfg.recall_n, flat=flat)
+    quality = ann_recall(index, row_items, item_emb, v, m, cfg.recall_n, exact=exact)
+    fallback, nprobe, tuning = None, cfg.nprobe, {}
+    if cfg.factory == "auto" and used != "Flat" and not quality["interest_recall"] >= cfg.auto_min_recall:
+        nprobe, quality, tuning = tune_nprobe(
+            index, lambda: ann_recall(index, row_items, item_emb, v, m, cfg.recall_n, exact=exact),
+            start=cfg.nprobe, target=cfg.auto_min_recall, first=quality, ef_search=cfg.ef_search)
     if cfg.factory == "auto" and used != "Flat" and not quality["interest_recall"] >= cfg.auto_min_recall:
         # IVF needs clustered embeddings; on near-isotropic ones (e.g. an untrained model) its recall
-        # collapses (1M Gaussian items: 0.08 at nprobe 8), so auto falls back to exact search
-        fallback = {"factory": used, f"interest_recall@{cfg.recall_n}": quality["interest_recall"]}
-        t0 = time.perf_counter()
-        index, row_items, used = build_faiss_index(item_emb.numpy(), "Flat")
-        build_s = time.perf_counter() - t0
-        quality = ann_recall(index, row_items, item_emb, v, m, cfg.recall_n)
+        # collapses (1M Gaussian items: 0.08 at nprobe 8), so auto falls back to exact search (the reference
+        # index itself)
+        fallback = {"factory": used, "nprobe": nprobe, f"interest_recall@{cfg.recall_n}": quality["interest_recall"]}
+        index, row_items, used = flat
+        build_s, nprobe = flat_build_s, cfg.nprobe
+        quality = ann_recall(index, row_items, item_emb, v, m, cfg.recall_n, exact=exact)
     speed = search_throughput(index, v.numpy(), m.numpy(), cfg.recall_n, cfg.batch_size)
     blob = faiss.serialize_index(index)
     info: dict[str, Any] = {
         "factory": used,
         "factory_requested": cfg.factory,
-        "nprobe": cfg.nprobe,
+        "nprobe": nprobe,
+        "nprobe_requested": cfg.nprobe,
+        "nprobe_tuning": tuning,
         "ef_search": cfg.ef_search,
         "dim": int(item_emb.shape[1]),
         "num_items": int(index.ntotal),

@@ -390,8 +390,11 @@ def evaluate_model(cfg: EvaluateConfig, model, split_dir: Path, *, max_len: int,
     v, m = interests_by_split["test"]
     sweep = []
     for lam in cfg.lambda_sweep:
-        lists = rank_lists(v, m, item_emb, test_users, cfg.topn, exclude_history=cfg.exclude_history,
-                           diversity_lambda=lam, item_category=cat.item_category, batch_size=cfg.batch_size)
+        if lam == cfg.diversity_lambda:  # the main test lists are this very call's result: not ranked twice
+            lists = lists_by_split["test"]
+        else:
+            lists = rank_lists(v, m, item_emb, test_users, cfg.topn, exclude_history=cfg.exclude_history,
+                               diversity_lambda=lam, item_category=cat.item_category, batch_size=cfg.batch_size)
         per_user = user_metrics(lists, test_users.targets, cat.item_category)
         sweep.append({"lambda": lam, **{f"test.{k}": float(x.mean()) for k, x in per_user.items()}})
 

@@ -59,6 +59,35 @@ def test_ivf_with_all_lists_probed_is_exact_and_hnsw_is_close():
     assert used == "HNSW16" and 0.8 < r["interest_recall"] <= 1.0
 
 
+def test_ann_recall_matches_a_numpy_reference_with_masked_interests():
+    """Recall of an approximate index against a brute-force reference written here: per interest, the
+    overlap of its top-n with numpy's argsort top-n; merged, the overlap with the top-n of each item's best
+    score over the user's unmasked interests (ComiRec eq. 11)."""
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((3001, 8)).astype(np.float32)
+    emb[0] = 0
+    v = rng.standard_normal((40, 3, 8)).astype(np.float32)
+    m = np.ones((40, 3), dtype=bool)
+    m[::3, 2] = False  # some users with fewer interests
+    n = 15
+    index, rows, _ = BI.build_faiss_index(emb, "IVF16,Flat", nprobe=2)
+    _, found = index.search(np.ascontiguousarray(v[m]), n)
+    ann_items = rows[found]
+    scores = v[m] @ emb[1:].T  # (Q, N) over the real items 1..N
+    exact = np.argsort(-scores, axis=1)[:, :n] + 1
+    per = np.mean([len(set(a) & set(e)) / n for a, e in zip(ann_items, exact)])
+    merged_ref = []
+    from components.retrieval import faiss_topn
+    _, ann_merged = faiss_topn(index, rows, v, m, n)
+    for u in range(len(v)):
+        best = (v[u][m[u]] @ emb[1:].T).max(axis=0)
+        merged_ref.append(len(set(ann_merged[u]) & set(np.argsort(-best)[:n] + 1)) / n)
+    r = BI.ann_recall(index, rows, emb, torch.as_tensor(v), torch.as_tensor(m), n)
+    assert 0.3 < per < 1.0  # nprobe 2 of 16 lists: approximate, so the check can tell
+    assert r["interest_recall"] == pytest.approx(per)
+    assert r["merged_recall"] == pytest.approx(np.mean(merged_ref))
+
+
 def test_small_catalogue_falls_back_to_flat_and_bad_factory_is_named():
     emb = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
     _, _, used = BI.build_faiss_index(emb, "HNSW32", flat_below=100)
@@ -146,3 +175,57 @@ def test_auto_falls_back_to_flat_when_ivf_recall_is_low(tmp_path):
     assert keep["interest_recall@10"] >= 0.95
     with pytest.raises(ParamsError, match="auto_min_recall"):
         _cfg(auto_min_recall=1.5)
+
+
+def test_tune_nprobe_doubles_until_the_recall_target_and_stops_at_nlist_over_16():
+    """On a clustered catalogue, one probed list of 128 misses neighbours in adjacent lists; the tuner
+    returns the first doubling whose recall (measured by ann_recall against brute force) reaches the
+    target, and the recall of every value tried; an unreachable target stops at nlist / 16 = 8."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((60, 16)).astype(np.float32)
+    emb = centres[rng.integers(0, 60, 6001)] + 0.6 * rng.standard_normal((6001, 16)).astype(np.float32)
+    emb[0] = 0
+    q = centres[rng.integers(0, 60, (80, 2))] + 0.5 * rng.standard_normal((80, 2, 16)).astype(np.float32)
+    m = np.ones((80, 2), dtype=bool)
+    index, rows, used = BI.build_faiss_index(emb, "IVF128,Flat", nprobe=1)
+    exact = BI.exact_reference(emb, q, m, 20)
+
+    def measure():
+        return BI.ann_recall(index, rows, emb, q, m, 20, exact=exact)
+
+    at = {}
+    for p in (1, 2, 4, 8):
+        BI.set_search_params(index, nprobe=p, ef_search=16)
+        at[p] = measure()["interest_recall"]
+    assert at[1] < at[2] <= at[4] <= at[8]  # more lists, more recall
+    target = (at[2] + at[4]) / 2 if at[4] > at[2] else at[2]  # reached first at 4 (or 2 if 2 and 4 tie)
+    nprobe, quality, tried = BI.tune_nprobe(index, measure, start=1, target=target)
+    first = min(p for p in at if at[p] >= target)
+    assert nprobe == first and quality["interest_recall"] == pytest.approx(at[first])
+    assert tried == {str(p): pytest.approx(at[p]) for p in at if p <= first}
+    assert faiss_nprobe(index) == first
+    nprobe, quality, tried = BI.tune_nprobe(index, measure, start=1, target=1.01)  # unreachable
+    assert nprobe == 8 and list(tried) == ["1", "2", "4", "8"]
+
+
+def faiss_nprobe(index) -> int:
+    import faiss
+
+    return faiss.extract_index_ivf(index).nprobe
+
+
+def test_auto_tunes_nprobe_before_falling_back(tmp_path):
+    """A random-init model over 5,000 items: auto builds IVF128 and, below the recall target at nprobe 1,
+    tries 2, 4 and 8 lists (nlist / 16) before the Flat fallback, which records the last nprobe tried."""
+    split = make_split(tmp_path / "split", num_items=5001, num_users=40)
+    mdir = save_random_model(split, tmp_path / "m")
+    info = BI.run(_cfg(factory="auto", flat_below=0, nprobe=1, auto_min_recall=1.0), mdir, split, tmp_path / "o")
+    assert list(info["nprobe_tuning"]) == ["1", "2", "4", "8"]
+    recalls = list(info["nprobe_tuning"].values())
+    assert recalls == sorted(recalls) and recalls[-1] < 1.0
+    assert info["auto_fallback"]["factory"] == "IVF128,SQfp16" and info["auto_fallback"]["nprobe"] == 8
+    assert info["factory"] == "Flat" and info["nprobe"] == 1 and info["interest_recall@10"] == 1.0
+    # a target the first nprobe meets: no tuning, IVF kept at the requested nprobe
+    keep = BI.run(_cfg(factory="auto", flat_below=0, nprobe=1, auto_min_recall=0.0), mdir, split, tmp_path / "k")
+    assert keep["factory"] == "IVF128,SQfp16" and keep["nprobe"] == 1 and keep["nprobe_tuning"] == {}
+
