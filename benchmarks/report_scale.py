@@ -63,10 +63,17 @@ def summary_rows(data: dict) -> list[list[Any]]:
         rows.append([name, b["interactions"], b.get("split_stats", {}).get("items"), dp.get("wall_s"),
                      dp.get("cpu_s"), dp.get("peak_rss_mb"), ok if dp else None,
                      None if tr.get("skipped") else tr.get("samples_per_s"), tr.get("embedding_optimizer"),
-                     tr.get("peak_rss_mb"), ix.get("factory"), ix.get("build_s"), ix.get("queries_per_s"),
+                     tr.get("peak_rss_mb"), _index_label(ix), ix.get("build_s"), ix.get("queries_per_s"),
                      ix.get("interest_recall@50"), ev.get("test.num_users"), ev.get("test.recall@50"),
                      ev.get("faiss_check.list_agreement")])
     return rows
+
+
+def _index_label(ix: dict) -> str | None:
+    """Factory and the nprobe it is searched with (build_index's tuned one, for IVF)."""
+    if not ix.get("factory"):
+        return None
+    return f"{ix['factory']} (nprobe {ix['nprobe']})" if ix["factory"].startswith("IVF") else ix["factory"]
 
 
 def cluster_estimate(data: dict) -> list[str]:
@@ -117,7 +124,13 @@ def cluster_estimate(data: dict) -> list[str]:
     if ix and ix.get("build_s") is not None and f_items:
         per_item_us = 1e6 * ix["build_s"] / ix["num_items"]
         bytes_item = ix["index_bytes"] / ix["num_items"]
-        out.append(f"- *Index*: {ix['factory']} over {ix['num_items']:,} items built in {ix['build_s']:.0f} s "
+        tuned = ""
+        if ix.get("nprobe_tuning"):
+            tuned = (" (auto raised nprobe from " + str(ix.get("nprobe_requested")) + ": "
+                     + ", ".join(f"{p} → {r:.3f}" for p, r in sorted(ix["nprobe_tuning"].items(),
+                                                                     key=lambda kv: int(kv[0]))) + ")")
+        out.append(f"- *Index*: {_index_label(ix)}{tuned} over {ix['num_items']:,} items built in "
+                   f"{ix['build_s']:.0f} s "
                    f"({per_item_us:.1f} µs per item, k-means included), {bytes_item:.0f} bytes per item, "
                    f"{ix['queries_per_s']:,.0f} interest-queries/s at recall@50 {ix['interest_recall@50']:.3f}. "
                    f"At 20M items: ~{per_item_us * CLUSTER_ITEMS / 1e6 / 60:.0f} min to build at that per-item "

@@ -272,9 +272,10 @@ def run_size(name: str, args, params_base: dict) -> dict:
                                 "--out", str(index_dir)]):
         return block
     index = json.loads((index_dir / "index.json").read_text())
-    block["index"] = {k: v for k, v in index.items() if not isinstance(v, (dict, list))}
-    # evaluate through the very IVF factory build_index chose (exact retrieval beside it)
+    block["index"] = {k: v for k, v in index.items() if not isinstance(v, list)}
+    # evaluate through the very IVF factory and nprobe build_index chose (exact retrieval beside it)
     params["evaluate"]["faiss_factory"] = index.get("factory", "Flat")
+    params["evaluate"]["faiss_nprobe"] = int(index.get("nprobe", 16))
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     if not step("evaluate", [py, "-m", "components.evaluate", "--params", str(params_path), "--model", MODEL,
                              "--models-dir", str(models_dir), "--split", str(view), "--out", str(eval_dir)]):

@@ -68,6 +68,9 @@ class EvaluateConfig:
     """recompute the metrics through a faiss index and report the gap to exact retrieval."""
     faiss_factory: str = "Flat"
     """faiss factory string of the check's index (inner product)."""
+    faiss_nprobe: int = 16
+    """IVF lists the check's index probes (build_index's ``index.json`` says which nprobe reaches the recall
+    target for a catalogue)."""
     batch_size: int = 512
     """users per forward pass / retrieval block."""
     heatmap_users: int = 3
@@ -90,6 +93,8 @@ class EvaluateConfig:
             raise ValueError("faiss_factory must be a non-empty faiss factory string")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.faiss_nprobe < 1:
+            raise ValueError(f"faiss_nprobe must be >= 1, got {self.faiss_nprobe}")
         if self.heatmap_users < 0:
             raise ValueError(f"heatmap_users must be >= 0, got {self.heatmap_users}")
 
@@ -414,9 +419,10 @@ def faiss_check(cfg: EvaluateConfig, item_emb, interests_by_split, users_by_spli
     from components.build_index import build_faiss_index
     from components.retrieval import faiss_topn, pad_exclusions
 
-    index, row_items, _ = build_faiss_index(item_emb.numpy(), cfg.faiss_factory, nprobe=16, ef_search=128,
-                                            flat_below=0)
-    out: dict[str, Any] = {"factory": cfg.faiss_factory, "metrics": {}, "exact_metrics": {}, "gap": {}}
+    index, row_items, _ = build_faiss_index(item_emb.numpy(), cfg.faiss_factory, nprobe=cfg.faiss_nprobe,
+                                            ef_search=128, flat_below=0)
+    out: dict[str, Any] = {"factory": cfg.faiss_factory, "nprobe": cfg.faiss_nprobe, "metrics": {},
+                           "exact_metrics": {}, "gap": {}}
     agreements = []
     for split in SPLITS:
         users = users_by_split[split]

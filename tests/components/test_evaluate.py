@@ -208,6 +208,8 @@ def test_config_rejects_bad_values_naming_the_key():
         from_dict(E.EvaluateConfig, {"confidence": 1.5}, "evaluate")
     with pytest.raises(ParamsError, match="lambda_sweep"):
         from_dict(E.EvaluateConfig, {"lambda_sweep": [-1.0]}, "evaluate")
+    with pytest.raises(ParamsError, match="faiss_nprobe"):
+        from_dict(E.EvaluateConfig, {"faiss_nprobe": 0}, "evaluate")
     with pytest.raises(ParamsError, match="evaluate: unknown key.*nope"):
         from_dict(E.EvaluateConfig, {"nope": 1}, "evaluate")
 
@@ -285,8 +287,11 @@ def test_faiss_check_agrees_with_exact(tmp_path):
     # an approximate index (IVF: 16 of 32 lists probed) shows up as a gap or disagreement
     res = E.evaluate_model(_cfg(faiss_factory="IVF32,Flat", diversity_lambda=0.5), model, split, max_len=6,
                            seed=0)
-    assert res["faiss_check"]["factory"] == "IVF32,Flat"
+    assert res["faiss_check"]["factory"] == "IVF32,Flat" and res["faiss_check"]["nprobe"] == 16
     assert res["faiss_check"]["list_agreement"] < 1.0
+    # every list probed (evaluate.faiss_nprobe 32 of 32) the IVF index is exact again
+    res = E.evaluate_model(_cfg(faiss_factory="IVF32,Flat", faiss_nprobe=32), model, split, max_len=6, seed=0)
+    assert res["faiss_check"]["nprobe"] == 32 and res["faiss_check"]["list_agreement"] == pytest.approx(1.0)
 
 
 def test_run_writes_dvc_outputs_and_keeps_old_outputs_on_failure(tmp_path):
