@@ -29,6 +29,8 @@ interactions), so the growth with interactions is read at a fixed catalogue.
     .venv/bin/python benchmarks/scale.py --sizes 10M                      # exploratory
     (on a quiet box) .venv/bin/python benchmarks/scale.py --sizes 10M 50M 100M
     .venv/bin/python benchmarks/scale.py --sizes 100M --skip-train --force   # data path only, re-measured
+    (on a quiet box) .venv/bin/python benchmarks/scale.py --sizes 100M --data-only --keep --force
+    .venv/bin/python benchmarks/scale.py --sizes 100M --reuse-data       # then the rest on its kept split
 
 Resumable: a size already completed in ``benchmarks/results/scale.json`` is skipped unless ``--force``; the
 results file is rewritten after every size. Outputs go to ``benchmarks/out/scale/<size>/`` (ignored by git);
@@ -203,12 +205,29 @@ def train_worker(argv: list[str]) -> None:
 
 # --- one size -----------------------------------------------------------------------------------------------
 
-def run_size(name: str, args, params_base: dict) -> dict:
-    """Every step of one size; returns its results block (``completed`` False where a step failed)."""
+DATA_KEYS = ("data_path", "ingest_stats", "split_stats", "interactions", "output_mb", "validation")
+
+
+def run_size(name: str, args, params_base: dict, previous: dict | None = None) -> dict:
+    """Every step of one size; returns its results block (``completed`` False where a step failed).
+
+    With ``args.reuse_data`` the data path is not run again: its steps and figures are taken from
+    ``previous`` (this size's recorded ``--data-only --keep`` block) and its kept split is used, so the data
+    path can be timed on a quiet machine and the longer train/index/evaluate steps run afterwards.
+    """
     work = args.work / name
-    if work.exists():
+    reuse = None
+    if args.reuse_data:
+        if not (previous and previous.get("data_only") and previous.get("completed")):
+            raise SystemExit(f"--reuse-data: no completed --data-only record of {name} in {args.results}")
+        if not (work / "split" / "stats.json").exists():
+            raise SystemExit(f"--reuse-data: {work / 'split'} is gone (run --data-only with --keep)")
+        reuse = previous
+        for folder in ("split_eval", "split_index", "models", "index", "eval"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+    elif work.exists():
         shutil.rmtree(work)
-    (work / "logs").mkdir(parents=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
     size = size_config(name, args.users, args.items)
     params = synthetic_params(params_base, size, args.seed)
     params["train"] = {**params.get("train", {}), "embedding_optimizer": args.optimizer,
@@ -228,6 +247,12 @@ def run_size(name: str, args, params_base: dict) -> dict:
         steps.append(res)
         return res["returncode"] == 0
 
+    if reuse is not None:
+        steps.extend(reuse["steps"][:3])
+        block.update({k: reuse[k] for k in DATA_KEYS if k in reuse})
+        block["data_path_recorded_at"] = reuse.get("recorded_at")
+        block["data_path_machine"] = reuse.get("machine")
+        return _rest(name, args, block, params, params_path, work, step)
     for label, cmd in data_steps(params_path, canonical, validation, split):
         if not step(label, cmd):
             return block
@@ -249,7 +274,13 @@ def run_size(name: str, args, params_base: dict) -> dict:
     if args.data_only:
         block["completed"] = True
         return block
+    return _rest(name, args, block, params, params_path, work, step)
 
+
+def _rest(name: str, args, block: dict, params: dict, params_path: Path, work: Path, step) -> dict:
+    """run_size after the data path: sample, train, build_index, evaluate."""
+    validation, split = work / "validation", work / "split"
+    view, models_dir, index_dir, eval_dir = work / "split_eval", work / "models", work / "index", work / "eval"
     t0 = time.perf_counter()
     block["sample"] = sample_view(split, view, test_users=args.test_users, valid_users=args.valid_users,
                                   seed=args.seed)
@@ -314,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="test users (and a quarter as many valid users) of build_index's recall check")
     p.add_argument("--force", action="store_true", help="re-run sizes already completed in the results file")
     p.add_argument("--keep", action="store_true", help="keep the outputs of each size")
+    p.add_argument("--reuse-data", action="store_true",
+                   help="skip ingest/validate/split: take them from the size's recorded --data-only --keep run")
     p.add_argument("--params", type=Path, default=REPO / "params.yaml")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "scale")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
@@ -330,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         if old and old.get("completed") and not args.force and not (old.get("data_only") and not args.data_only):
             print(f"[scale {name}] already in {args.results} (use --force to re-run)")
             continue
-        block = run_size(name, args, params_base)
+        block = run_size(name, args, params_base, old)
         block["data_only"] = bool(args.data_only)
         block["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

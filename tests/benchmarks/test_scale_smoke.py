@@ -77,3 +77,24 @@ def test_report_section_renders_table_plot_and_estimate(tiny_run, tmp_path):
     # the estimate is computed from the measured figures: CPU-s per million interactions of the largest size
     dp = second["data_path"]
     assert f"{dp['cpu_s'] / (second['interactions'] / 1e6):.2f} CPU-s per million interactions" in text
+
+
+def test_reuse_data_runs_the_rest_on_a_kept_data_only_run(tmp_path):
+    """A --data-only --keep run, then --reuse-data: the data path's steps and figures are the recorded ones
+    (not run again), the model/index/evaluation steps run on its kept split; without a kept record it refuses."""
+    results, work = tmp_path / "scale.json", tmp_path / "work"
+    common = ["--sizes", "20k", "--users", "1000", "--items", "2000", "--steps", "2", "--warmup", "1",
+              "--test-users", "30", "--valid-users", "10", "--index-users", "20", "--work", str(work),
+              "--results", str(results)]
+    with pytest.raises(SystemExit, match="reuse-data"):
+        scale.main([*common, "--reuse-data"])
+    assert scale.main([*common, "--data-only", "--keep"]) == 0
+    first = json.loads(results.read_text())["sizes"]["20k"]
+    assert first["data_only"] is True and (work / "20k" / "split").exists()
+    assert scale.main([*common, "--reuse-data"]) == 0
+    block = json.loads(results.read_text())["sizes"]["20k"]
+    assert block["completed"] is True and block["data_only"] is False
+    assert block["steps"][:3] == first["steps"] and block["data_path"] == first["data_path"]
+    assert block["data_path_recorded_at"] == first["recorded_at"]
+    assert [s["step"] for s in block["steps"][3:]] == ["train", "build_index", "evaluate"]
+    assert block["evaluate"]["test.num_users"] == 30
