@@ -340,6 +340,23 @@ def summarise(runs: list[dict], variants: list[str], threads: list[int]) -> dict
     return out
 
 
+def _without_note(args: list[str]) -> list[str]:
+    """The command line with ``--note``'s text replaced by ``<note>`` (the note is recorded on its own)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            out.append("<note>")
+            skip = False
+        elif a == "--note":
+            out.append(a)
+            skip = True
+        elif a.startswith("--note="):
+            out.append("--note=<note>")
+        else:
+            out.append(a)
+    return out
+
+
 def merge_results(old: dict, new: dict) -> dict:
     """``old`` (a results file) with ``new``'s models re-measured: runs and summary rows of the (variant,
     threads) pairs in ``new`` replace those of ``old``; everything else of ``old`` is kept, including its
@@ -418,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"(warm-up {r['warmup_s']:.1f} s)", flush=True)
     summary = summarise(runs, variants, threads)
     result = {
-        "command": " ".join(["python benchmarks/rechub_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python benchmarks/rechub_speed.py", *_without_note(argv if argv is not None
+                                                                             else sys.argv[1:])]),
         "reference": f"torch-rechub {RECHUB_VERSION} (pip download --no-deps; fixes in the script docstring)",
         "timed": "training steps only (forward, loss, backward, Adam) on pre-gathered batches; wall clock",
         "setting": {"batch_size": BATCH, "num_negatives": NEGATIVES, "dim": DIM, "num_interests": K,

@@ -57,3 +57,10 @@ def test_merge_refuses_another_setting():
     new["setting"]["steps"] = 40
     with pytest.raises(ValueError, match="steps"):
         rs.merge_results(old, new)
+
+
+def test_recorded_command_leaves_the_note_out():
+    rs = load("rechub_speed")
+    assert rs._without_note(["--models", "comirec_dr", "--note", "a long note", "--merge"]) == [
+        "--models", "comirec_dr", "--note", "<note>", "--merge"]
+    assert rs._without_note(["--note=x y"]) == ["--note=<note>"]
