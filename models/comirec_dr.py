@@ -162,7 +162,8 @@ class _DynamicRouting(torch.autograd.Function):
 
     The stop-gradient makes the backward short: only the last ``s_j = sum_i c_ij e_hat_{j|i}`` with constant
     c carries gradient, so dL/de_hat_{j|i} = c_ij dL/ds_j (dL/ds_j from :func:`squash_backward`), and dL/dW,
-    dL/de are two batched matmuls with it. Autograd would record ~20 ops of the iterations for nothing,
+    dL/de are two batched matmuls with it (over the live pairs only, :func:`_routing_backward_sparse`, when the
+    loss reads few capsules). Autograd would record ~20 ops of the iterations for nothing,
     keep their outputs alive, and build dL/dW in the transposed layout of the forward's matmul and then copy
     it into the parameter's (L, K, D, D) layout; here it is produced in that layout directly. Inputs:
     e (L, B, D) position-major embeddings, maps (L, K, D_out, D_in), real (B, 1, L) float mask, iters.
@@ -189,7 +190,7 @@ class _DynamicRouting(torch.autograd.Function):
         if 2 * int(live.sum()) <= B * K:  # e.g. argmax selection (eq. 8): one interest per user
             return _routing_backward_sparse(e, maps, coupling, grad_s, live, ctx.needs_input_grad)
         L, _, D = e.shape
-        c = coupling.permute(2, 0, 1).contiguous().unsqueeze(-1)  # (L, B, K, 1); contiguous so the product is
+        c = coupling.permute(2, 0, 1).contiguous().unsqueeze(-1)  # (L, B, K, 1): the product is then contiguous
         grad_x = (c * grad_s.unsqueeze(0)).view(L, B, K * D)  # eq. (2) with c constant: c_ij dL/ds_j
         grad_e = grad_maps = None
         if ctx.needs_input_grad[0]:
