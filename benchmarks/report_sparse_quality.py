@@ -71,6 +71,16 @@ def section(data: dict[str, Any], img, rel: str, save, plt_fn) -> list[str]:
         out += ["", f"Seed {seed}, best validation Recall@50 (the early-stopping figure; what embedding_lr was "
                 "chosen on):", "", *_table(head, rows)]
 
+    # embedding_lr tuning (validation only)
+    tun = data.get("tuning") or {}
+    rows = [[opt, lr, _f(e.get("mind")), _f(e.get("umi")), _f(e.get("mean")),
+             "yes" if lr == t.get("chosen_embedding_lr") else ""]
+            for opt, t in tun.items() if isinstance(t, dict)
+            for lr, e in (t.get("best_val_recall@50") or {}).items()]
+    if rows:
+        out += ["", tun.get("what", "") + ":", "",
+                *_table(["mode", "embedding_lr", "MIND best val", "UMI best val", "mean", "chosen"], rows)]
+
     # other seeds: each sparse run against dense Adam of the same seed
     rows = []
     for (v, m, s), r in sorted(by.items()):

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         "tolerance_recall@50": TOLERANCE,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": old.get("note", "") if args.note is None else args.note,
-        **{k: old[k] for k in ("previous_note", "tuning") if k in old},
+        **{k: old[k] for k in ("previous_note", "commands", "tuning") if k in old},
         "summary": summarise(runs),
         "kfold": kfold_compare(VARIANTS.split(","), args.work) or old.get("kfold", {}),
         "runs": runs,
