@@ -184,6 +184,43 @@ def _plot(data: dict, img_dir, rel: str, save, plt_fn) -> str | None:
     return save(fig, img_dir, "scale_growth.png", rel)
 
 
+def _load_lines(sizes: list[tuple[str, dict]], t: dict) -> list[str]:
+    """How busy the box was while the data path and while the other steps ran, and the data path's verdict
+    by CPU time (a step's own cost, what its wall time is on a quiet box)."""
+    def loads(data: bool) -> list[float]:
+        return [x for _, b in sizes for st in b.get("steps", []) if (st["step"] in DATA_STEPS) == data
+                for x in st.get("load_avg_1m", []) if x is not None]
+
+    cpus = sizes[-1][1].get("machine", {}).get("cpus") if sizes else None
+    parts = [f"{label} {min(ls):.1f} to {max(ls):.1f}" for label, ls in
+             (("while the data path ran", loads(True)), ("while train / build_index / evaluate ran", loads(False)))
+             if ls]
+    if not parts:
+        return []
+    verdicts = ", ".join(
+        f"{name} {'yes' if b['data_path']['cpu_s'] <= t.get('data_path_wall_s', 300) and b['data_path']['peak_rss_mb'] <= t.get('data_path_peak_rss_mb', 8192) else 'no'}"
+        f" ({b['data_path']['cpu_s']:.0f} CPU-s, {b['data_path']['peak_rss_mb'] / 1024:.1f} GB)"
+        for name, b in sizes if b.get("data_path"))
+    return ["", f"1-minute load average on the {cpus}-core box {'; '.join(parts)}. A load above the core count means "
+                f"other work shared the box: it inflates wall time, not CPU time (each step is essentially "
+                f"single-threaded), so CPU time is the better measure of a step's own cost. Data path within "
+                f"target by CPU time: {verdicts}."]
+
+
+def _model_line(sizes: list[tuple[str, dict]]) -> list[str]:
+    """What the index and the evaluation were built from: the train step's briefly trained model."""
+    for name, b in reversed(sizes):
+        tr = b.get("train")
+        if tr and tr.get("train_samples"):
+            seen = (tr["steps"] + tr["warmup_steps"]) * tr["batch_size"]
+            return ["", f"The {name} index and evaluation use the train step's model: {tr['steps'] + tr['warmup_steps']}"
+                        f" steps of {tr['batch_size']} = {seen:,} samples, {100 * seen / tr['train_samples']:.2f} % of "
+                        f"one epoch over {tr['train_samples']:,} training samples. Its Recall@50 shows the pipeline "
+                        f"working at this size, not the model's quality; the recall of the index against exact "
+                        f"search is measured on its real user interests."]
+    return []
+
+
 def section(data: dict[str, Any], img_dir, rel: str, save, plt_fn) -> list[str]:
     """Markdown lines for ``scale.json``."""
     t = data.get("targets", {})
@@ -202,16 +239,11 @@ def section(data: dict[str, Any], img_dir, rel: str, save, plt_fn) -> list[str]:
                    "data within target (wall)", "train samples/s", "embedding optimizer", "train peak MB",
                    "index", "index build s", "queries/s", "recall@50 vs exact", "test users",
                    "test Recall@50", "IVF list agreement"], summary_rows(data))
-    loads = [x for _, b in sizes for st in b.get("steps", []) for x in st.get("load_avg_1m", []) if x is not None]
-    if loads:
-        cpus = sizes[-1][1].get("machine", {}).get("cpus")
-        out += ["", f"The box was shared while these were measured: 1-minute load average {min(loads):.1f} to "
-                    f"{max(loads):.1f} on {cpus} cores. Wall times are inflated by that other work; CPU time (each "
-                    f"step is essentially single-threaded) is the better measure of a step's own cost and of what "
-                    f"its wall time would be on a quiet box. Data path within target by CPU time: "
-                    + ", ".join(f"{name} {'yes' if b['data_path']['cpu_s'] <= t.get('data_path_wall_s', 300) and b['data_path']['peak_rss_mb'] <= t.get('data_path_peak_rss_mb', 8192) else 'no'}"
-                                f" ({b['data_path']['cpu_s']:.0f} CPU-s, {b['data_path']['peak_rss_mb'] / 1024:.1f} GB)"
-                                for name, b in sizes if b.get("data_path")) + "."]
+    commands = [(name, b["command"]) for name, b in sizes if b.get("command")]
+    if commands:
+        out += ["", "Commands: " + "; ".join(f"{name}: `{cmd}`" for name, cmd in commands) + "."]
+    out += _load_lines(sizes, t)
+    out += _model_line(sizes)
     out += ["", "Per step (load = 1-minute load average when the step started; other work on the shared box "
                 "inflates wall time, not CPU time):", ""]
     out += _table(["size", "interactions", "step", "wall s", "CPU s", "peak RSS MB", "load"], step_rows(data))

@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         block = run_size(name, args, params_base, old)
         block["data_only"] = bool(args.data_only)
+        command = "benchmarks/scale.py " + " ".join(argv)
+        block["command"] = (f"{old['command']} ; then {command}" if args.reuse_data and old.get("command")
+                            else command)
         block["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                             "load_avg_1m_end": round(os.getloadavg()[0], 2)}
