@@ -26,7 +26,8 @@ from components.task import DenseSparseOptimizer, RetrievalTask, RowWiseAdagrad
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "components"))
 from test_train_data import write_tiny_split  # noqa: E402
 
-N_ITEMS, N_CATS, CARDS, L, D = 100, 6, [3, 5], 7, 8
+from tests.models import test_sparse_embeddings as sparse_tests  # noqa: E402
+from tests.models.test_sparse_embeddings import CARDS, D, L, N_CATS, N_ITEMS  # noqa: E402,F401
 
 
 def _reference_rowwise_adagrad(w, acc, ids, grad_rows, lr, eps=1e-8):
@@ -89,24 +90,11 @@ def test_rowwise_adagrad_refuses_what_it_cannot_do():
 
 # ------------------------------------------------------------------------------------------- in a task
 def _task(arch: str, optimizer: str, seed: int = 0, **kw) -> RetrievalTask:
-    torch.manual_seed(seed)
-    hparams = dict(num_items=N_ITEMS, num_categories=N_CATS, profile_cardinalities=CARDS, max_len=L, dim=D)
-    if arch != "youtube_dnn":
-        hparams["num_interests"] = 2
-    task = RetrievalTask(arch=arch, model_hparams=hparams, num_negatives=9, embedding_optimizer=optimizer,
-                         attention_pow=2.0 if arch == "mind" else None, **kw)
-    cats = torch.randint(0, N_CATS, (N_ITEMS,), generator=torch.Generator().manual_seed(1))
-    cats[0] = 0
-    M.set_item_category(task.model, cats)
-    return task
+    return sparse_tests._task(arch, optimizer, seed, task_kw=kw,
+                              **({} if arch == "youtube_dnn" else {"num_interests": 2}))
 
 
-class _Fixed:
-    def __init__(self, ids):
-        self.ids = torch.as_tensor(ids)
-
-    def sample(self, num, generator=None):
-        return self.ids[:num].clone()
+_Fixed = sparse_tests._Fixed
 
 
 def _prepare(task: RetrievalTask, negatives) -> None:

@@ -28,11 +28,12 @@ N_ITEMS, N_CATS, CARDS, L, D = 100, 6, [3, 5], 7, 8  # N > the ids of a batch: n
 # whole-table shortcut (test_dense_table_gradient_becomes_its_touched_rows covers that case)
 
 
-def _task(arch: str, optimizer: str, seed: int = 0, **hp) -> RetrievalTask:
+def _task(arch: str, optimizer: str, seed: int = 0, task_kw: dict | None = None, **hp) -> RetrievalTask:
+    """A small task of ``arch`` (model hparams ``hp``, RetrievalTask arguments ``task_kw``), categories set."""
     torch.manual_seed(seed)
     hparams = dict(num_items=N_ITEMS, num_categories=N_CATS, profile_cardinalities=CARDS, max_len=L, dim=D, **hp)
     task = RetrievalTask(arch=arch, model_hparams=hparams, num_negatives=9, embedding_optimizer=optimizer,
-                         attention_pow=2.0 if arch == "mind" else None)
+                         attention_pow=2.0 if arch == "mind" else None, **(task_kw or {}))
     cats = torch.randint(0, N_CATS, (N_ITEMS,), generator=torch.Generator().manual_seed(1))
     cats[0] = 0
     M.set_item_category(task.model, cats)
