@@ -98,20 +98,11 @@ _Fixed = sparse_tests._Fixed
 
 
 def _prepare(task: RetrievalTask, negatives) -> None:
-    task.sampler = _Fixed(negatives)
+    sparse_tests._prepare(task, negatives)
     task.hparams.num_negatives = len(negatives)
-    task._gen, task._log_q, task._batch_log_q, task._check_every_step = None, None, None, False
-    task._zero("loss", "samples", "nonfinite")
 
 
-def _batch(seed: int, hi: int = N_ITEMS, b: int = 5) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, L + 1, (b,), generator=g)
-    mask = torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)
-    history = torch.randint(1, hi, (b, L), generator=g) * mask
-    return {"history": history, "mask": mask, "profile": torch.stack([torch.randint(0, c, (b,), generator=g)
-                                                                      for c in CARDS], 1),
-            "target": torch.randint(1, hi, (b,), generator=g)}
+_batch = sparse_tests._batch
 
 
 def _step(task, opt, batch):
@@ -213,10 +204,7 @@ def test_config_validates_the_new_keys():
 
 
 def test_rowwise_adagrad_checkpoint_round_trips_through_load_from_checkpoint(tmp_path):
-    import pytorch_lightning as pl
-
     from components.train import ModelConfig, TrainConfig, run
-    from components.train_data import SplitDataModule, load_split_meta
 
     split = write_tiny_split(tmp_path / "split", num_users=60, num_items=50, num_categories=4, min_len=6,
                              max_len=12, seed=4)
@@ -240,11 +228,4 @@ def test_rowwise_adagrad_checkpoint_round_trips_through_load_from_checkpoint(tmp
     assert (opt.state[table]["sum"] > 0).any()
     assert [(g["sparse"], g["lr"]) for g in opt.param_groups] == [(False, cfg.lr), (True, 0.05)]
 
-    meta = load_split_meta(split)
-    dm = SplitDataModule(split, meta, max_len=6, batch_size=32, eval_batch_size=16, seed=5)
-    trainer = pl.Trainer(max_epochs=int(ckpt["epoch"]) + 2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False, default_root_dir=tmp_path / "resume")
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-    assert trainer.global_step > ckpt["global_step"]
-    assert not torch.equal(task.model.items.item.weight, saved.items.item.weight)
+    sparse_tests.resume_trains_on(task, split, ckpt, ckpt_path, saved, tmp_path)

@@ -282,10 +282,7 @@ def test_optimizer_state_dict_round_trip():
 
 # ------------------------------------------------------------------------------------------- checkpoint
 def test_sparse_adam_checkpoint_round_trips_through_load_from_checkpoint(tmp_path):
-    import pytorch_lightning as pl
-
     from components.train import ModelConfig, TrainConfig, run
-    from components.train_data import SplitDataModule, load_split_meta
 
     split = write_tiny_split(tmp_path / "split", num_users=60, num_items=50, num_categories=4, min_len=6,
                              max_len=12, seed=4)
@@ -309,6 +306,16 @@ def test_sparse_adam_checkpoint_round_trips_through_load_from_checkpoint(tmp_pat
     assert [g["sparse"] for g in opt.param_groups] == [False, True]
 
     # Lightning resumes from it (optimizer state restored by Lightning itself) and trains on
+    resume_trains_on(task, split, ckpt, ckpt_path, saved, tmp_path)
+
+
+def resume_trains_on(task, split, ckpt: dict, ckpt_path, saved, tmp_path) -> None:
+    """Lightning resumes ``task`` from ``ckpt_path`` (its optimizer state restored by Lightning itself) and
+    takes more steps: the global step grows and the item table moves away from the ``saved`` model's."""
+    import pytorch_lightning as pl
+
+    from components.train_data import SplitDataModule, load_split_meta
+
     meta = load_split_meta(split)
     dm = SplitDataModule(split, meta, max_len=6, batch_size=32, eval_batch_size=16, seed=5)
     trainer = pl.Trainer(max_epochs=int(ckpt["epoch"]) + 2, logger=False, enable_checkpointing=False,
