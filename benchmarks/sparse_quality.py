@@ -14,8 +14,8 @@ whose only changes are ``train.embedding_optimizer`` (+ ``train.embedding_lr``) 
 
 ``SPLIT`` is ``data/split`` (the committed split, made with seed 2026). Another seed changes the model's
 initialisation and the negatives, not the split (re-splitting would change the test users, and with them the
-dense baseline). Each subprocess runs under the shared CPU lock (``flock -s /tmp/mir-cpu.lock nice``) unless
-``--no-lock``; a (mode, seed, variant) whose ``metrics.json`` exists is not run again (resumable).
+dense baseline). ``--wrap`` puts a command prefix before every subprocess (e.g. ``--wrap nice`` on a shared
+machine); a (mode, seed, variant) whose ``metrics.json`` exists is not run again (resumable).
 
 A mode is ``NAME`` or ``NAME@LR`` (``LR`` = ``train.embedding_lr``; e.g. ``rowwise_adagrad@0.03``).
 
@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import statistics
+import shlex
 import subprocess
 import sys
 import time
@@ -63,7 +64,6 @@ METRICS = ("test.recall@50", "test.recall@50_ci_low", "test.recall@50_ci_high", 
 TRAIN_KEYS = ("best_val_recall@50", "best_epoch", "epochs", "cpu_seconds_per_epoch")
 TOLERANCE = 0.01
 DEFAULT_SEED = 2026
-LOCK = ["flock", "-s", "/tmp/mir-cpu.lock", "nice", "timeout", "900"]
 VARIANTS = "youtube_dnn,mind,mind_hn,comirec_dr,comirec_dr_hn,comirec_sa,comirec_sa_hn,umi,umi_hn"
 
 
@@ -84,7 +84,7 @@ def mode_params(params: dict, mode: str, seed: int) -> dict:
     return p
 
 
-def run_mode(params_path: Path, mode: str, seed: int, variants: list[str], work: Path, lock: bool) -> None:
+def run_mode(params_path: Path, mode: str, seed: int, variants: list[str], work: Path, wrap: list[str]) -> None:
     """Train and evaluate ``variants`` with ``mode`` and ``seed`` into ``work/seed<seed>/<mode>``."""
     base = work / f"seed{seed}" / mode
     p = base / "params.yaml"
@@ -99,7 +99,7 @@ def run_mode(params_path: Path, mode: str, seed: int, variants: list[str], work:
                     ["-m", "components.evaluate", "--params", str(p), "--model", v, "--split", "data/split",
                      "--models-dir", str(base / "models"), "--out", str(base / "eval" / v)]):
             t0 = time.time()
-            subprocess.run([*(LOCK if lock else []), sys.executable, *cmd], cwd=REPO, env=env, check=True,
+            subprocess.run([*wrap, sys.executable, *cmd], cwd=REPO, env=env, check=True,
                            stdout=subprocess.DEVNULL)
             print(f"{mode} seed {seed} {v} {cmd[1].split('.')[-1]}: {time.time() - t0:.0f} s wall", flush=True)
 
@@ -219,9 +219,9 @@ def kfold_one(variant: str, mode: str, fold: int, work: Path, params_path: Path)
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def run_kfold(variants: list[str], modes: list[str], work: Path, params_path: Path, lock: bool,
+def run_kfold(variants: list[str], modes: list[str], work: Path, params_path: Path, wrap: list[str],
               folds: list[int]) -> None:
-    """Every (mode, variant, fold) not yet recorded, one locked subprocess each."""
+    """Every (mode, variant, fold) not yet recorded, one subprocess each."""
     q = _bench("quality")
     for f in folds:
         q.prepare_fold_split(json.loads(json.dumps(_load_params(params_path))), q.KFOLDS, f)
@@ -231,7 +231,7 @@ def run_kfold(variants: list[str], modes: list[str], work: Path, params_path: Pa
                 if kfold_record_path(work, v, mode, f).exists():
                     continue
                 t0 = time.time()
-                subprocess.run([*(LOCK if lock else []), sys.executable, __file__, "--kfold-one", f"{v},{mode},{f}",
+                subprocess.run([*wrap, sys.executable, __file__, "--kfold-one", f"{v},{mode},{f}",
                                 "--work", str(work), "--params", str(params_path)], cwd=REPO, check=True,
                                env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "sparse_quality")
     ap.add_argument("--collect", action="store_true", help="only read the work folder back")
-    ap.add_argument("--no-lock", action="store_true", help="do not wrap each run in the shared CPU lock")
+    ap.add_argument("--wrap", default="", help="command prefix for every run (shell words), e.g. 'nice'")
     ap.add_argument("--committed", type=Path, default=REPO / "artifacts" / "eval")
     ap.add_argument("--note", default=None, help="replace the file's note (a sentence recorded with the figures)")
     ap.add_argument("--out", type=Path, default=RESULT)
@@ -313,11 +313,11 @@ def main(argv: list[str] | None = None) -> None:
         return kfold_one(v, mode, int(fold), args.work, args.params)
     if args.kfold and not args.collect:
         modes = args.modes.split(",") + (["adam"] if args.kfold_dense_rerun else [])
-        run_kfold(variants, modes, args.work, args.params, not args.no_lock,
+        run_kfold(variants, modes, args.work, args.params, shlex.split(args.wrap),
                   [int(f) for f in args.folds.split(",")])
     elif not args.collect:
         for mode in args.modes.split(","):
-            run_mode(args.params, mode, args.seed, variants, args.work, lock=not args.no_lock)
+            run_mode(args.params, mode, args.seed, variants, args.work, wrap=shlex.split(args.wrap))
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = merge(old.get("runs", []), committed_rows(args.committed, VARIANTS.split(",")) + collect(args.work))
     result = {
