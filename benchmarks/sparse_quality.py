@@ -184,13 +184,13 @@ def summarise(runs: list[dict]) -> dict:
 
 # ------------------------------------------------------------------------------------------------- k-fold
 def _bench(name: str):
-    """A module of benchmarks/ by file name (benchmarks/ is not a package)."""
-    import importlib.util
+    """A module of benchmarks/ by name: benchmarks/ is not a package, so its folder goes on ``sys.path``
+    (as scale.py imports data_path)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    return importlib.import_module(name)
 
 
 def kfold_setting(q, variant: str) -> str:
